@@ -1,0 +1,51 @@
+# pat_nbdev: one entry point for setup, tests and the reproduction.
+SHELL  := /bin/bash
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# nbdev's CLI and papermill run notebooks; keep BLAS threads to the machine's cores.
+export MPLBACKEND := Agg
+export PYTHONHASHSEED := 0
+
+.PHONY: install test sync-check nbtest pytest reproduce bench readme lock clean
+
+install: $(VENV)/.installed  ## create .venv with the pinned dependency set and the package (editable)
+
+$(VENV)/.installed: requirements.lock setup.py settings.ini
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+test: install sync-check nbtest pytest  ## everything CI checks
+
+sync-check: install  ## notebooks must be clean and agree with pat_nbdev/ and README.md
+	@before="$$(git status --porcelain -- nbs pat_nbdev README.md; git diff -- nbs pat_nbdev README.md | sha1sum)"; \
+	$(BIN)/nbdev_clean && $(BIN)/nbdev_export && $(BIN)/python scripts/make_readme.py; \
+	after="$$(git status --porcelain -- nbs pat_nbdev README.md; git diff -- nbs pat_nbdev README.md | sha1sum)"; \
+	if [ "$$before" != "$$after" ]; then \
+	  echo "FAIL: nbdev_clean / nbdev_export / make_readme changed files: notebooks unclean or out of sync."; \
+	  git status --short -- nbs pat_nbdev README.md; exit 1; fi; \
+	echo "sync-check: notebooks clean, pat_nbdev/ and README.md in sync"
+
+nbtest: install  ## run every notebook (cells flagged slow/gpu are skipped)
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
+
+pytest: install
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+reproduce: install  ## the main job on the embedded synthetic default (CPU)
+	$(BIN)/pat-reproduce $(ARGS)
+
+bench: install  ## the loss speed/memory benchmark
+	$(BIN)/pat-bench losses
+
+readme: install  ## regenerate README.md from nbs/index.ipynb
+	$(BIN)/python scripts/make_readme.py
+
+lock:  ## refresh requirements.lock from the current .venv
+	{ echo "# Pinned, known-good dependency set (CPU machine, Python 3.11). Regenerate with: make lock"; \
+	  $(BIN)/pip freeze --exclude-editable | grep -v -E '^(pat.nbdev|-e )'; } > requirements.lock
+
+clean:
+	rm -rf runs _proc _docs .pytest_cache
