@@ -1,0 +1,290 @@
+"""Every loss of `pat_nbdev.losses`, both variants, against naive references written independently.
+
+The references loop over pixels in Python and use only scalar arithmetic on 0-d float64 tensors (so autograd gives a
+reference gradient too): softmax by hand, counts by hand, weights by the formulas of METHOD.md.
+"""
+import math
+import pytest
+import torch
+import torch.nn.functional as F
+from pat_nbdev.losses import (LOSS_NAMES, VARIANTS, get_loss, inplace_backward, pat_loss, ce_loss, PATLoss,
+                              log_prob_of_target)
+
+B, C, H, W = 2, 5, 6, 7
+IGNORE = 255
+
+
+# ---------------------------------------------------------------- naive references
+def pixels(y):
+    "(b, h, w, label) of every labelled pixel."
+    return [(b, h, w, int(y[b, h, w])) for b in range(y.shape[0]) for h in range(y.shape[1])
+            for w in range(y.shape[2]) if int(y[b, h, w]) != IGNORE]
+
+def log_softmax_at(v, k):
+    "log softmax(v)[k] for a list of 0-d tensors, by hand (max-shifted)."
+    m = max(float(e.detach()) for e in v)
+    return v[k] - m - torch.log(sum(torch.exp(e - m) for e in v))
+
+def counts_of(y, n_classes, fixed=None):
+    if fixed is not None: return [float(c) for c in fixed]
+    n = [0.0] * n_classes
+    for *_, c in pixels(y): n[c] += 1
+    return n
+
+def ref_ce(x, y, variant, counts=None):
+    px = pixels(y)
+    return sum(-log_softmax_at([x[b, k, h, w] for k in range(C)], c) for b, h, w, c in px) / max(len(px), 1)
+
+def focal_term(logp, gamma):
+    return -((1 - torch.exp(logp)) ** gamma) * logp
+
+def ref_focal(x, y, variant, counts=None, gamma=2.0):
+    px = pixels(y)
+    total = sum(focal_term(log_softmax_at([x[b, k, h, w] for k in range(C)], c), gamma) for b, h, w, c in px)
+    return total / (len(px) * (C if variant == "authors" else 1))
+
+def cb_weights(n, variant, beta=0.9999):
+    if variant == "authors":
+        N = sum(n)
+        b = (N - 1) / N
+        return [(1 - b) / (1 - b ** nc + 1e-6) for nc in n]
+    w = [(1 - beta) / (1 - beta ** nc) if nc > 0 else 0.0 for nc in n]
+    present = sum(nc > 0 for nc in n)
+    return [wc * present / sum(w) for wc in w]
+
+def ref_cb(x, y, variant, counts=None, gamma=0.0):
+    w, px = cb_weights(counts_of(y, C, counts), variant), pixels(y)
+    return sum(w[c] * focal_term(log_softmax_at([x[b, k, h, w_] for k in range(C)], c), gamma)
+               for b, h, w_, c in px) / len(px)
+
+def ref_cbfocal(x, y, variant, counts=None): return ref_cb(x, y, variant, counts, gamma=1.0)
+
+def ref_bms(x, y, variant, counts=None, training=True):
+    n, px, total = counts_of(y, C, counts), pixels(y), 0
+    for b, h, w, c in px:
+        if variant == "authors": v = [torch.exp(x[b, k, h, w]) * n[k] for k in range(C)]
+        elif training: v = [x[b, k, h, w] + (math.log(n[k]) if n[k] > 0 else -1e4) for k in range(C)]
+        else: v = [x[b, k, h, w] for k in range(C)]
+        total = total - log_softmax_at(v, c)
+    return total / len(px)
+
+def ref_ldam(x, y, variant, counts=None, max_m=0.5, s=30.0):
+    n, px = counts_of(y, C, counts), pixels(y)
+    raw = [nc ** -0.25 if nc > 0 else 0.0 for nc in n]
+    m = [r * max_m / max(raw) for r in raw]
+    total = 0
+    for b, h, w, c in px:
+        total = total - log_softmax_at([s * (x[b, k, h, w] - (m[c] if k == c else 0.0)) for k in range(C)], c)
+    return total / len(px)
+
+def ref_blv(x, y, variant, counts=None, sigma=4.0, seed=0, training=True):
+    n, px = counts_of(y, C, counts), pixels(y)
+    if variant == "authors":
+        f = [math.log(nc + 1e-4) for nc in n]
+        f = [fc / max(f) for fc in f]
+    else:
+        n1 = [max(nc, 1.0) for nc in n]
+        f = [math.log(sum(n1)) - math.log(nc) for nc in n1]
+        f = [fc / max(f) for fc in f]
+    noisy = training or variant == "authors"
+    d = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
+    total = 0
+    for b, h, w, c in px:
+        v = [x[b, k, h, w] + (min(abs(sigma * float(d[b, k, h, w])), 1.0) * f[k] if noisy else 0.0) for k in range(C)]
+        total = total - log_softmax_at(v, c)
+    return total / len(px)
+
+def ref_pat(x, y, variant, counts=None, tau=1.0, alpha=2.0, normalize=None, detach_beta=False):
+    normalize = normalize or ("mean" if variant == "authors" else "mask")
+    groups, px = {}, pixels(y)
+    for b, h, w, c in px:
+        logp = log_softmax_at([x[b, k, h, w] / tau for k in range(C)], c)
+        p = torch.exp(logp.detach() if detach_beta else logp)
+        groups.setdefault((b, c), []).append(torch.exp(C * (1 - p)) / alpha * -logp)
+    if normalize == "mean": return sum(sum(g) for g in groups.values()) / (C * len(px))
+    return sum(sum(g) / len(g) for g in groups.values()) / len(groups)
+
+REFS = dict(ce=ref_ce, focal=ref_focal, cb=ref_cb, cbfocal=ref_cbfocal, bms=ref_bms, ldam=ref_ldam, blv=ref_blv, pat=ref_pat)
+COUNT_LOSSES = ("cb", "cbfocal", "bms", "ldam", "blv")
+
+
+# ---------------------------------------------------------------- inputs
+@pytest.fixture
+def batch():
+    "Logits with spread, labels using classes 0-3 only (4 is absent), class 3 absent from image 1, ~10 % ignored."
+    g = torch.Generator().manual_seed(0)
+    x = 2 * torch.randn(B, C, H, W, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (B, H, W), generator=g)
+    y[1][y[1] == 3] = 2
+    y[torch.rand(B, H, W, generator=g) < 0.1] = IGNORE
+    assert (y == 4).sum() == 0 and (y == IGNORE).sum() > 0
+    return x, y
+
+FIXED_COUNTS = [5000.0, 800.0, 120.0, 9.0, 0.0]
+
+def build(name, variant, counts=None, **kw):
+    if name == "blv": kw["generator"] = torch.Generator().manual_seed(0)
+    return get_loss(name, variant=variant, class_counts=counts, **kw)
+
+
+# ---------------------------------------------------------------- values and gradients against the references
+@pytest.mark.parametrize("counts", [None, FIXED_COUNTS], ids=["batch-counts", "fixed-counts"])
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_against_reference(name, variant, counts, batch):
+    if counts is not None and name not in COUNT_LOSSES: pytest.skip("loss uses no counts")
+    x, y = batch
+    xl, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = build(name, variant, counts)(xl, y)
+    ref = REFS[name](xr, y, variant, counts)
+    torch.testing.assert_close(ours, ref.reshape(()), rtol=1e-9, atol=1e-12)
+    ours.backward(); ref.backward()
+    torch.testing.assert_close(xl.grad, xr.grad, rtol=1e-8, atol=1e-12)
+
+@pytest.mark.parametrize("normalize", ["mean", "mask"])
+@pytest.mark.parametrize("detach_beta", [False, True])
+def test_pat_options_against_reference(normalize, detach_beta, batch):
+    x, y = batch
+    xl, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = pat_loss(xl, y, tau=0.7, alpha=3.0, normalize=normalize, detach_beta=detach_beta)
+    ref = ref_pat(xr, y, "authors", tau=0.7, alpha=3.0, normalize=normalize, detach_beta=detach_beta)
+    torch.testing.assert_close(ours, ref.reshape(()), rtol=1e-9, atol=1e-12)
+    ours.backward(); ref.backward()
+    torch.testing.assert_close(xl.grad, xr.grad, rtol=1e-8, atol=1e-12)
+
+@pytest.mark.parametrize("name", ["bms", "blv"])
+def test_original_eval_mode_against_reference(name, batch):
+    x, y = batch
+    ours = build(name, "original").eval()(x, y)
+    torch.testing.assert_close(ours, REFS[name](x, y, "original", training=False).reshape(()), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(ours, ce_loss(x, y))
+
+def test_authors_blv_keeps_noise_in_eval(batch):
+    x, y = batch
+    assert not torch.isclose(build("blv", "authors").eval()(x, y), ce_loss(x, y))
+
+
+# ---------------------------------------------------------------- autograd
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_gradcheck(name, variant):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 3, 2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([[[0, 2, 2], [255, 0, 2]]])
+    hp = dict(s=2.0) if name == "ldam" else {}  # s=30 makes finite differences too stiff
+    fn = lambda a: build(name, variant, **hp)(a, y)  # a fresh generator per call: the same BLV noise
+    with inplace_backward(False):
+        assert torch.autograd.gradcheck(fn, (x,))
+
+def test_fused_backward_matches_kept_buffer_and_refuses_second_pass(batch):
+    x, y = batch
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    pat_loss(a, y, tau=0.5).backward()
+    with inplace_backward(False): pat_loss(b, y, tau=0.5).backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+    loss = pat_loss(x.clone().requires_grad_(), y)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace_backward"): loss.backward()
+
+def test_log_prob_of_target_twice_without_inplace():
+    x = torch.randn(1, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 4, (1, 3, 3))
+    with inplace_backward(False): s = log_prob_of_target(x, y).sum()
+    g1, = torch.autograd.grad(s, x, retain_graph=True)
+    g2, = torch.autograd.grad(s, x)
+    torch.testing.assert_close(g1, g2, rtol=0, atol=0)
+    torch.testing.assert_close(g1, torch.autograd.grad(torch.log_softmax(x, 1).gather(1, y[:, None]).sum(), x)[0])
+
+
+# ---------------------------------------------------------------- mixed precision
+def confidently_wrong(n_classes=20, dtype=torch.float32):
+    y = torch.arange(8 * 8).remainder(n_classes).view(1, 8, 8)
+    x = torch.full((1, n_classes, 8, 8), -30.0)
+    x.scatter_(1, ((y + 1) % n_classes)[:, None], 30.0)  # a wrong class at +30, the true one at -30
+    return x.to(dtype), y
+
+def test_pat_bf16_autocast_finite_on_confidently_wrong_pixels():
+    x, y = confidently_wrong()
+    conv = torch.nn.Conv2d(20, 20, 1, bias=False)
+    with torch.no_grad(): conv.weight.copy_(torch.eye(20).view(20, 20, 1, 1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = conv(x)
+        loss = PATLoss()(logits, y)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(conv.weight.grad).all()
+    # beta = e^20/2 at every pixel (p ~ e^-60): the loss equals the float32 value on upcast logits
+    torch.testing.assert_close(loss, pat_loss(logits.detach().float(), y))
+    assert loss.item() > math.exp(20) / 2 * 50 / 20
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_half_logits_give_float32_loss_and_finite_grads(name):
+    x, y = confidently_wrong(n_classes=5, dtype=torch.float16)  # C=5: PAT's gradients stay in float16's range
+    x = x.clamp(-8, 8).requires_grad_()
+    loss = build(name, "original")(x, y)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and x.grad.dtype == torch.float16
+    assert torch.isfinite(x.grad).all()
+
+
+# ---------------------------------------------------------------- properties
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_all_ignored_gives_zero_and_zero_grad(name):
+    x = torch.randn(1, 3, 2, 2, requires_grad=True)
+    loss = build(name, "authors")(x, torch.full((1, 2, 2), IGNORE))
+    loss.backward()
+    assert loss.item() == 0.0 and (x.grad == 0).all()
+
+def test_ignored_pixels_do_not_matter(batch):
+    x, y = batch
+    ignored = (y == IGNORE)[:, None].expand_as(x)
+    x2 = torch.where(ignored, x + 100 * torch.randn_like(x), x)
+    for name in LOSS_NAMES:
+        for variant in VARIANTS:
+            torch.testing.assert_close(build(name, variant)(x, y), build(name, variant)(x2, y))
+
+def test_ce_matches_torch(batch):
+    x, y = batch
+    torch.testing.assert_close(ce_loss(x, y), F.cross_entropy(x, y, ignore_index=IGNORE))
+
+def test_custom_ignore_index(batch):
+    x, y = batch
+    torch.testing.assert_close(pat_loss(x, torch.where(y == IGNORE, -1, y), ignore_index=-1), pat_loss(x, y))
+
+
+# ---------------------------------------------------------------- error contracts
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_bad_inputs_raise(name):
+    loss_fn = build(name, "authors")
+    x, y = torch.randn(2, 4, 3, 3), torch.randint(0, 4, (2, 3, 3))
+    with pytest.raises(ValueError, match=r"\[0, 4\).*found 4"): loss_fn(x, y.clamp(max=3) + 1)
+    with pytest.raises(ValueError, match=r"\[0, 4\).*found -1"): loss_fn(x, y - 1)
+    with pytest.raises(ValueError, match=r"target must have shape \[B, H, W\]"): loss_fn(x, y[:, :2])
+    with pytest.raises(ValueError, match=r"logits must have shape \[B, C, H, W\]"): loss_fn(x[0], y[0])
+    with pytest.raises(ValueError, match="logits must be a float tensor"): loss_fn(x.long(), y)
+    with pytest.raises(ValueError, match="target must be an integer tensor"): loss_fn(x, y.float())
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x2 = x.clone(); x2[1, 2, 0, 1] = bad
+        with pytest.raises(ValueError, match="logits must be finite"): loss_fn(x2, y)
+
+def test_finite_logits_whose_sum_overflows_are_accepted():
+    x, y = torch.full((1, 2, 4, 4), 3e38), torch.zeros(1, 4, 4, dtype=torch.long)
+    assert torch.isfinite(ce_loss(x, y))
+
+def test_bad_hyper_parameters_raise():
+    with pytest.raises(ValueError, match="unknown loss 'dice'.*'pat'"): get_loss("dice")
+    with pytest.raises(ValueError, match=r"variant must be one of \('authors', 'original'\)"): get_loss("ce", variant="paper")
+    with pytest.raises(ValueError, match="tau must be > 0"): get_loss("pat", tau=0)
+    with pytest.raises(ValueError, match="alpha must be > 0"): pat_loss(torch.randn(1, 2, 1, 1), torch.zeros(1, 1, 1, dtype=torch.long), alpha=-1)
+    with pytest.raises(ValueError, match="normalize must be 'mean' or 'mask'"): get_loss("pat", normalize="sum")
+    with pytest.raises(ValueError, match=r"beta must lie in \(0, 1\)"): get_loss("cb", beta=1.5)
+    with pytest.raises(ValueError, match="gamma must be >= 0"): get_loss("focal", gamma=-1)
+    with pytest.raises(ValueError, match="sigma must be >= 0"): get_loss("blv", sigma=-1)
+    with pytest.raises(ValueError, match="class_counts must be finite and >= 0"): get_loss("cb", class_counts=[3, -1])
+    with pytest.raises(ValueError, match=r"one entry per class \(4\)"):
+        get_loss("ldam", class_counts=[1, 2, 3])(torch.randn(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
+
+def test_pat_refuses_overflowing_class_count():
+    x, y = torch.randn(1, 100, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="overflows"): pat_loss(x, y)
+    assert torch.isfinite(pat_loss(x.double(), y))

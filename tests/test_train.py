@@ -1,0 +1,158 @@
+"""The training loop: resume bit for bit, determinism, outputs, bad input, and two processes under torchrun (gloo, CPU)."""
+import csv, json, math, os, subprocess, sys
+from pathlib import Path
+import pytest
+import torch
+import pat_nbdev.train as T
+from pat_nbdev.train import TrainConfig, train, main, NonFiniteLossError
+from pat_nbdev.checkpoint import RunFolderError
+from pat_nbdev.data import get_dataset
+from pat_nbdev.models import get_model
+from pat_nbdev.metrics import ConfusionMatrix
+
+# 16 images per split of 32 x 32, 4 classes, a SegNet of width 4: 4 training steps per epoch, 4 evaluation batches
+TINY = dict(dataset="synthetic", model="segnet", loss="pat", epochs=3, batch_size=4, seed=0, progress=False,
+            data_kw=dict(size=32, n_classes=4, n_images=16), model_kw=dict(width=4))
+SCORES = ("test", "best_val", "best_epoch", "classes", "class_groups", "class_pixel_counts")
+TIMING = ("train_seconds", "val_seconds", "train_img_per_s", "peak_mem_mib")
+
+def run(out, **kw): return train(TrainConfig(**{**TINY, **kw}, out=str(out)))
+
+def history(out): return list(csv.DictReader(open(Path(out)/"history.csv")))
+
+def scores_of_history(out): return [{k: v for k, v in r.items() if k not in TIMING} for r in history(out)]
+
+def load(out, name="last.pt"): return torch.load(Path(out)/name, weights_only=True)
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a: assert torch.equal(a[k], b[k]), k
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    "An uninterrupted 3-epoch run."
+    out = tmp_path_factory.mktemp("ref")/"run"
+    return out, run(out)
+
+def test_outputs(reference):
+    out, res = reference
+    assert sorted(p.name for p in out.iterdir()) == sorted(["config.json", "last.pt", "best.pt", "metrics.json", "history.csv"])
+    m = json.loads((out/"metrics.json").read_text())  # strict JSON: json.loads would accept NaN, so check the text too
+    assert "NaN" not in (out/"metrics.json").read_text() and m == json.loads(json.dumps(res))
+    assert {"miou", "pix_acc", "dice_err", "iou_per_class", "miou_head", "miou_body", "miou_tail"} <= set(m["test"])
+    assert len(m["test"]["iou_per_class"]) == 4 and m["classes"][0] == "background"
+    assert m["data"]["kind"] == "synthetic" and m["data"]["image_size"] == [32, 32] and m["data"]["images"] == dict(train=16, val=16, test=16)
+    assert m["run"]["epochs"] == 3 and m["run"]["device"] == "cpu" and m["run"]["peak_memory_mib"] > 0
+    cfg = json.loads((out/"config.json").read_text())
+    assert cfg["amp"] is False and cfg["model_kw"] == dict(preset="small", width=4) and cfg["world_size"] == 1
+    h = history(out)
+    assert [int(r["epoch"]) for r in h] == [1, 2, 3]
+    assert all(float(r["train_seconds"]) > 0 and float(r["peak_mem_mib"]) > 0 for r in h)
+
+def test_cosine_schedule_over_all_steps(reference):
+    out, _ = reference
+    steps, epochs = 4, 3
+    lrs = [float(r["lr"]) for r in history(out)]  # the rate at the start of each epoch
+    expected = [1e-3 * (1 + math.cos(math.pi * e * steps / (epochs * steps))) / 2 for e in range(epochs)]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+    assert load(out)["scheduler"]["_last_lr"][0] == pytest.approx(0, abs=1e-12)  # annealed to 0 at the very last step
+
+def test_best_checkpoint_is_the_tested_one(reference):
+    "Recompute the test metrics from best.pt independently; best epoch = argmax of validation mIoU."
+    out, res = reference
+    best = load(out, "best.pt")
+    vals = [float(r["val_miou"]) for r in history(out)]
+    assert best["epoch"] == res["best_epoch"] == 1 + vals.index(max(vals))
+    net = get_model("segnet", 4, preset="small", width=4); net.load_state_dict(best["model"]); net.eval()
+    cm = ConfusionMatrix(4)
+    ds = get_dataset("synthetic", None, "test", size=32, n_classes=4, n_images=16)
+    with torch.no_grad():
+        for i in range(0, len(ds), 4):
+            x, y = zip(*[ds[j] for j in range(i, i + 4)])
+            cm.update(net(torch.stack(x)), torch.stack(y))
+    assert cm.compute()["miou"] == pytest.approx(res["test"]["miou"], abs=1e-9)
+
+def test_resume_is_bit_for_bit(reference, tmp_path):
+    ref_out, ref = reference
+    out = tmp_path/"run"
+    stopped = run(out, stop_after_epochs=1)  # as if killed right after epoch 1's checkpoint
+    assert stopped["stopped_at_epoch"] == 1 and load(out)["epoch"] == 1 and not (out/"metrics.json").exists()
+    res = run(out)
+    assert res["run"]["resumed_from_epoch"] == 1
+    assert {k: res[k] for k in SCORES} == {k: ref[k] for k in SCORES}
+    assert scores_of_history(out) == scores_of_history(ref_out)
+    a, b = load(out), load(ref_out)
+    assert_same_state(a["model"], b["model"])
+    assert_same_state(load(out, "best.pt")["model"], load(ref_out, "best.pt")["model"])
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()): assert_same_state(sa, sb)
+
+def test_nonfinite_loss_stops_and_keeps_checkpoint(reference, tmp_path, monkeypatch):
+    "A loss that turns NaN at epoch 2, step 2 stops the run there; the epoch-1 checkpoint survives and resumes to the same end."
+    real_get_loss, calls = T.get_loss, []
+    class NaNAt(torch.nn.Module):
+        def __init__(self, inner): super().__init__(); self.inner = inner
+        def forward(self, logits, target):
+            loss = self.inner(logits, target)
+            if logits.requires_grad: calls.append(1)  # training steps only (not the build-time probe)
+            return loss * float("nan") if len(calls) == 4 + 2 else loss
+    monkeypatch.setattr(T, "get_loss", lambda name, **kw: NaNAt(real_get_loss(name, **kw)))
+    out = tmp_path/"run"
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 2 of 4.*last good checkpoint.*epoch 1"):
+        run(out)
+    assert load(out)["epoch"] == 1 and len(history(out)) == 1 and not (out/"metrics.json").exists()
+    monkeypatch.setattr(T, "get_loss", real_get_loss)
+    res = run(out)  # killed mid-epoch 2 and restarted: same end as the uninterrupted run
+    assert {k: res[k] for k in SCORES} == {k: reference[1][k] for k in SCORES}
+    assert_same_state(load(out)["model"], load(reference[0])["model"])
+
+def test_deterministic_for_a_seed(reference, tmp_path):
+    ref_out, ref = reference
+    again = run(tmp_path/"again")
+    assert {k: again[k] for k in SCORES} == {k: ref[k] for k in SCORES}
+    assert_same_state(load(tmp_path/"again")["model"], load(ref_out)["model"])
+    run(tmp_path/"seed1", seed=1)  # the seed matters (so the comparison above can fail)
+    assert not torch.equal(*(next(iter(load(o)["model"].values())) for o in (tmp_path/"seed1", ref_out)))
+
+def test_refuses_another_run(reference, tmp_path, capsys):
+    out = tmp_path/"run"
+    run(out, epochs=1)
+    with pytest.raises(RunFolderError, match="loss: 'pat' -> 'ce'"): run(out, epochs=1, loss="ce")
+    assert load(out)["epoch"] == 1  # untouched
+    argv = ["--dataset", "synthetic", "--model", "segnet", "--loss", "ce", "--epochs", "1", "--out", str(out), "--no-progress",
+            "--size", "32", "--n-classes", "4", "--data-kw", "n_images=16", "--model-kw", "width=4", "--batch-size", "4"]
+    with pytest.raises(SystemExit) as e: main(argv)
+    assert e.value.code == 1 and "--overwrite" in capsys.readouterr().err
+    main(argv + ["--overwrite"])
+    assert json.loads((out/"config.json").read_text())["loss"] == "ce" and (out/"metrics.json").exists()
+
+@pytest.mark.parametrize("flag,bad", [("--model", "resnet"), ("--loss", "dice"), ("--dataset", "imagenet")])
+def test_unknown_names_print_usage(flag, bad, capsys):
+    with pytest.raises(SystemExit) as e: main([flag, bad])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "usage: pat-train" in err and f"invalid choice: '{bad}'" in err and "Traceback" not in err
+
+def test_bad_hyper_parameter_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--loss", "ce", "--tau", "0.5", "--out", str(tmp_path/"x"), "--size", "32", "--data-kw", "n_images=4", "--epochs", "1"])
+    assert e.value.code == 2 and "tau" in capsys.readouterr().err
+
+def test_cli_maps_flags_to_config():
+    a = T.build_parser().parse_args("--loss pat --tau 0.5 --alpha 3 --normalize mask --variant original --detach-beta "
+                                    "--loss-kw extra=[1,2] --preset small --model-kw width=8 --size 64x32 --n-classes 3 --no-amp".split())
+    cfg = T.config_from_args(a)
+    assert cfg.loss_kw == dict(tau=0.5, alpha=3.0, normalize="mask", variant="original", detach_beta=True, extra=[1, 2])
+    assert cfg.model_kw == dict(preset="small", width=8) and cfg.data_kw == dict(size=(64, 32), n_classes=3) and cfg.amp is False
+
+def test_torchrun_two_processes_gloo(tmp_path):
+    out = tmp_path/"ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pat_nbdev.train",
+           "--dataset", "synthetic", "--model", "segnet", "--loss", "pat", "--epochs", "2", "--batch-size", "4", "--device", "cpu",
+           "--size", "32", "--n-classes", "4", "--data-kw", "n_images=16", "--model-kw", "width=4", "--out", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    m = json.loads((out/"metrics.json").read_text())
+    assert m["run"]["world_size"] == 2 and m["data"]["train_steps_per_epoch"] == 4  # 16 images / (2 processes x 2 per batch)
+    assert len(history(out)) == 2 and math.isfinite(m["test"]["miou"])
+    assert p.stdout.count("test mIoU") == 1  # only rank 0 reports
+    assert not list(out.glob(".*.tmp"))
