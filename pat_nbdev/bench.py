@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.profiler import profile, ProfilerActivity
-from .losses import get_loss, LOSS_NAMES, VARIANTS
+from .losses import get_loss, blv_noise, LOSS_NAMES, VARIANTS
 
 # %% ../nbs/06_bench.ipynb #9b9ea033
 def _flat(t): return t.permute(0, 2, 3, 1).flatten(0, -2)  # [B, C, H, W] -> [B*H*W, C]
@@ -63,9 +63,10 @@ def authors_ldam(pred, target, max_m=0.5, s=30.0):
     return F.cross_entropy(s * torch.where(index.bool(), _pred - batch_m, _pred), _target)
 
 # %% ../nbs/06_bench.ipynb #df5a0116
-def authors_blv(pred, target, sigma=4.0):
+def authors_blv(pred, target, sigma=4.0, variation=None):
+    "`variation`: given noise instead of their own draw (to compare values with ours)."
     frequency_list = torch.log(torch.sum(target, dim=[0, 2, 3]) + 0.0001)
-    variation = torch.distributions.normal.Normal(0, sigma).sample(pred.shape).clamp(-1, 1).to(pred.device)
+    if variation is None: variation = torch.distributions.normal.Normal(0, sigma).sample(pred.shape).clamp(-1, 1).to(pred.device)
     pred = pred + (variation.abs().permute(0, 2, 3, 1) / frequency_list.max() * frequency_list).permute(0, 3, 1, 2)
     return F.cross_entropy(pred, target)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from pat_nbdev.losses import (LOSS_NAMES, VARIANTS, get_loss, inplace_backward, pat_loss, ce_loss, PATLoss,
-                              log_prob_of_target)
+                              log_prob_of_target, blv_noise)
 
 B, C, H, W = 2, 5, 6, 7
 IGNORE = 255
@@ -87,10 +87,10 @@ def ref_blv(x, y, variant, counts=None, sigma=4.0, seed=0, training=True):
         f = [math.log(sum(n1)) - math.log(nc) for nc in n1]
         f = [fc / max(f) for fc in f]
     noisy = training or variant == "authors"
-    d = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
+    d = blv_noise(x.shape, sigma, torch.Generator().manual_seed(seed), x.dtype)  # min(|delta|, 1); its law: test_blv_noise_law
     total = 0
     for b, h, w, c in px:
-        v = [x[b, k, h, w] + (min(abs(sigma * float(d[b, k, h, w])), 1.0) * f[k] if noisy else 0.0) for k in range(C)]
+        v = [x[b, k, h, w] + (float(d[b, k, h, w]) * f[k] if noisy else 0.0) for k in range(C)]
         total = total - log_softmax_at(v, c)
     return total / len(px)
 
@@ -158,6 +158,20 @@ def test_original_eval_mode_against_reference(name, batch):
     ours = build(name, "original").eval()(x, y)
     torch.testing.assert_close(ours, REFS[name](x, y, "original", training=False).reshape(()), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(ours, ce_loss(x, y))
+
+def test_blv_noise_law():
+    "min(|delta|, 1), delta ~ N(0, sigma^2): its CDF at a few points against erf, by a Kolmogorov-Smirnov-style bound."
+    sigma, n = 2.0, blv_noise((2, 3, 200, 300), 2.0, torch.Generator().manual_seed(3), torch.float64)
+    for t in (0.1, 0.3, 0.6, 0.9):
+        assert abs((n <= t).double().mean().item() - math.erf(t / (sigma * math.sqrt(2)))) < 3e-3
+    assert (n == 1).double().mean().item() == pytest.approx(1 - math.erf(1 / (sigma * math.sqrt(2))), abs=3e-3)
+    assert n.min() >= 0 and n.max() <= 1 and n.dtype == torch.float64
+
+def test_blv_noise_is_seeded_and_thread_count_free():
+    draw = lambda seed: blv_noise((3, 4, 300, 300), 4.0, torch.Generator().manual_seed(seed))
+    a = draw(0)
+    torch.set_num_threads(2); b = draw(0)
+    assert torch.equal(a, b) and not torch.equal(a, draw(1))
 
 def test_authors_blv_keeps_noise_in_eval(batch):
     x, y = batch
@@ -288,3 +302,16 @@ def test_pat_refuses_overflowing_class_count():
     x, y = torch.randn(1, 100, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long)
     with pytest.raises(ValueError, match="overflows"): pat_loss(x, y)
     assert torch.isfinite(pat_loss(x.double(), y))
+
+
+def test_backward_has_no_denormals_and_matches_torch_on_extreme_logits():
+    "Probabilities far below float32's range (logit gaps of ~300) give a gradient with no denormal entry, equal to torch's."
+    g = torch.Generator().manual_seed(0)
+    x = (100 * torch.randn(2, 6, 16, 16, generator=g)).requires_grad_()
+    y = torch.randint(0, 6, (2, 16, 16), generator=g)
+    ce_loss(x, y).backward()
+    grad, tiny = x.grad, torch.finfo(torch.float32).tiny
+    assert not ((grad != 0) & (grad.abs() < tiny)).any()
+    xr = x.detach().clone().requires_grad_()
+    torch.nn.functional.cross_entropy(xr, y).backward()
+    torch.testing.assert_close(grad, xr.grad, rtol=1e-5, atol=1e-30)
