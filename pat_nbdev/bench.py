@@ -5,17 +5,22 @@
 # %% auto #0
 __all__ = ['AUTHORS_LOSSES', 'authors_ce', 'authors_focal', 'authors_cb', 'authors_bms', 'authors_ldam', 'authors_blv',
            'authors_pat', 'peak_extra_bytes', 'loss_candidates', 'long_tailed_target', 'bench_losses', 'to_markdown',
-           'main']
+           'step_time_breakdown', 'speed_table', 'main']
 
 # %% ../nbs/06_bench.ipynb #ea23fc66
 import argparse, os, statistics, sys, time
 from contextlib import contextmanager
 from pathlib import Path
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.profiler import profile, ProfilerActivity
+from torch.utils.data import DataLoader
 from .losses import get_loss, blv_noise, LOSS_NAMES, VARIANTS
+from .data import get_dataset
+from .models import get_model, MODEL_NAMES
+from .train import resolve_device, default_preset, reset_peak_memory, peak_memory_mib
 
 # %% ../nbs/06_bench.ipynb #9b9ea033
 def _flat(t): return t.permute(0, 2, 3, 1).flatten(0, -2)  # [B, C, H, W] -> [B*H*W, C]
@@ -168,22 +173,88 @@ def to_markdown(df:pd.DataFrame) -> str:
         lines.append("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in r) + " |")
     return head + "\n".join(lines)
 
+# %% ../nbs/06_bench.ipynb #9111474b
+def step_time_breakdown(model:str="segnet", loss:str="ce", n_classes:int=3, size=128, batch_size:int=8, steps:int=5, warmup:int=1,
+                        device:str="auto", amp:bool|None=None, model_kw:dict|None=None, loss_kw:dict|None=None, seed:int=0) -> dict:
+    "Training and evaluation images per second of `model`, and the share of a training step spent in `loss`."
+    dev = resolve_device(device); amp = dev.type == "cuda" if amp is None else amp
+    dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
+    ds = get_dataset("synthetic", None, "train", n_classes=n_classes, size=size, seed=seed)
+    x, y = (t.to(dev) for t in next(iter(DataLoader(ds, batch_size))))
+    torch.manual_seed(seed)
+    net = get_model(model, n_classes, **{"preset": default_preset(dev), **(model_kw or {})}).to(dev).train()
+    loss_fn = get_loss(loss, **(loss_kw or {})).to(dev)
+    opt, scaler = torch.optim.Adam(net.parameters(), 1e-3), torch.amp.GradScaler(dev.type, enabled=amp and dtype == torch.float16)
+    def now():
+        if dev.type == "cuda": torch.cuda.synchronize(dev)
+        return time.perf_counter()
+    parts = np.zeros(5)  # model fwd, loss fwd, loss bwd, model bwd, optimiser
+    reset_peak_memory(dev)
+    for i in range(warmup + steps):
+        t = [now()]
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype, enabled=amp): logits = net(x)
+        t.append(now()); leaf = logits.detach().float().requires_grad_()
+        l = loss_fn(leaf, y); t.append(now())
+        scaler.scale(l).backward(); t.append(now())
+        logits.backward(leaf.grad.to(logits.dtype)); t.append(now())
+        scaler.step(opt); scaler.update(); t.append(now())
+        if i >= warmup: parts += np.diff(t)
+    def full_step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype, enabled=amp): out = net(x)
+        scaler.scale(loss_fn(out.float(), y)).backward(); scaler.step(opt); scaler.update()
+    train_s = _timed(full_step, steps, now)
+    net.eval()
+    with torch.no_grad(), torch.autocast(dev.type, dtype, enabled=amp): eval_s = _timed(lambda: net(x).argmax(1), steps, now)
+    parts /= steps
+    return dict(model=model, loss=loss, device=str(dev), amp=amp, size=size, batch_size=batch_size, n_classes=n_classes,
+                train_img_per_s=batch_size / train_s, eval_img_per_s=batch_size / eval_s, step_ms=1000 * parts.sum(),
+                loss_ms=1000 * parts[1:3].sum(), loss_share=parts[1:3].sum() / parts.sum(), peak_mem_mib=peak_memory_mib(dev))
+
+def _timed(fn, steps, now) -> float:
+    fn(); t0 = now()
+    for _ in range(steps): fn()
+    return (now() - t0) / steps
+
+# %% ../nbs/06_bench.ipynb #fae79fed
+def speed_table(models=None, losses=("ce", "pat"), **kw):
+    "`step_time_breakdown` for every model and loss, as a DataFrame."
+    import pandas as pd
+    return pd.DataFrame([step_time_breakdown(m, l, **kw) for m in (models or MODEL_NAMES) for l in losses])
+
 # %% ../nbs/06_bench.ipynb #e3fdcb9c
 def main(argv=None):
-    "`pat-bench losses [--shape B C H W] [--repeats N] [--threads T] [--device cpu|cuda] [--no-authors] [--out DIR]`."
+    "`pat-bench losses ...` (every loss against `F.cross_entropy`) or `pat-bench training ...` (models, losses, steps); see `-h`."
     p = argparse.ArgumentParser(prog="pat-bench", description="Benchmarks of pat_nbdev.")
     sub = p.add_subparsers(dest="what", required=True)
     q = sub.add_parser("losses", help="forward+backward time and peak memory of every loss vs F.cross_entropy")
     q.add_argument("--shape", type=int, nargs=4, default=[8, 20, 256, 512], metavar=("B", "C", "H", "W"))
     q.add_argument("--repeats", type=int, default=9)
-    q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    q.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     q.add_argument("--no-authors", dest="authors", action="store_false", help="skip the authors' implementations")
-    q.add_argument("--out", default="runs/bench")
+    t = sub.add_parser("training", help="training and evaluation images/s of each model, and the loss's share of a step")
+    t.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
+    t.add_argument("--losses", nargs="+", default=["ce", "pat"], choices=LOSS_NAMES)
+    t.add_argument("--n-classes", type=int, default=3)
+    t.add_argument("--size", type=int, nargs="+", default=[128], help="H (square) or H W")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--steps", type=int, default=3)
+    t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on for CUDA)")
+    for q_ in (q, t):
+        q_.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+        q_.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+        q_.add_argument("--out", default="runs/bench")
     a = p.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available(): p.error("--device cuda: no GPU is available")
     if a.threads: torch.set_num_threads(a.threads)
-    df = bench_losses(tuple(a.shape), a.repeats, a.device, a.authors)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / f"losses_{a.device}.csv", index=False)
-    print(to_markdown(df)); print(f"\nsaved {out / f'losses_{a.device}.csv'}")
+    if a.what == "losses":
+        df, name = bench_losses(tuple(a.shape), a.repeats, a.device, a.authors), f"losses_{a.device}.csv"
+        print(to_markdown(df))
+    else:
+        size = a.size[0] if len(a.size) == 1 else tuple(a.size[:2])
+        df, name = speed_table(a.models, a.losses, n_classes=a.n_classes, size=size, batch_size=a.batch_size,
+                               steps=a.steps, device=a.device, amp=a.amp), f"training_{a.device}.csv"
+        print(df.round(3).to_markdown(index=False))
+    df.to_csv(out / name, index=False)
+    print(f"\nsaved {out / name}")

@@ -6,7 +6,7 @@
 __all__ = ['RUNTIME_FIELDS', 'SPLITS', 'LOSS_FLAGS', 'TrainConfig', 'resolve_device', 'Dist', 'setup_distributed',
            'reset_peak_memory', 'peak_memory_mib', 'epoch_loader', 'shard_loader', 'default_preset', 'Trainer',
            'NonFiniteLossError', 'write_history', 'train', 'key_value', 'image_size', 'build_parser',
-           'config_from_args', 'main', 'step_time_breakdown', 'speed_table']
+           'config_from_args', 'main']
 
 # %% ../nbs/05_train.ipynb #df737b7e
 import os, sys, math, time, json, random, argparse, ast, platform
@@ -463,53 +463,3 @@ def main(argv=None):
 # %% ../nbs/05_train.ipynb #1d75957c
 #| eval: false
 if __name__ == "__main__": main()  # `python -m pat_nbdev.train`, as torchrun launches it
-
-# %% ../nbs/05_train.ipynb #9111474b
-def step_time_breakdown(model:str="segnet", loss:str="ce", n_classes:int=3, size=128, batch_size:int=8, steps:int=5, warmup:int=1,
-                        device:str="auto", amp:bool|None=None, model_kw:dict|None=None, loss_kw:dict|None=None, seed:int=0) -> dict:
-    "Training and evaluation images per second of `model`, and the share of a training step spent in `loss`."
-    dev = resolve_device(device); amp = dev.type == "cuda" if amp is None else amp
-    dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
-    ds = get_dataset("synthetic", None, "train", n_classes=n_classes, size=size, seed=seed)
-    x, y = (t.to(dev) for t in next(iter(DataLoader(ds, batch_size))))
-    torch.manual_seed(seed)
-    net = get_model(model, n_classes, **{"preset": default_preset(dev), **(model_kw or {})}).to(dev).train()
-    loss_fn = get_loss(loss, **(loss_kw or {})).to(dev)
-    opt, scaler = torch.optim.Adam(net.parameters(), 1e-3), torch.amp.GradScaler(dev.type, enabled=amp and dtype == torch.float16)
-    def now():
-        if dev.type == "cuda": torch.cuda.synchronize(dev)
-        return time.perf_counter()
-    parts = np.zeros(5)  # model fwd, loss fwd, loss bwd, model bwd, optimiser
-    reset_peak_memory(dev)
-    for i in range(warmup + steps):
-        t = [now()]
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(dev.type, dtype, enabled=amp): logits = net(x)
-        t.append(now()); leaf = logits.detach().float().requires_grad_()
-        l = loss_fn(leaf, y); t.append(now())
-        scaler.scale(l).backward(); t.append(now())
-        logits.backward(leaf.grad.to(logits.dtype)); t.append(now())
-        scaler.step(opt); scaler.update(); t.append(now())
-        if i >= warmup: parts += np.diff(t)
-    def full_step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(dev.type, dtype, enabled=amp): out = net(x)
-        scaler.scale(loss_fn(out.float(), y)).backward(); scaler.step(opt); scaler.update()
-    train_s = _timed(full_step, steps, now)
-    net.eval()
-    with torch.no_grad(), torch.autocast(dev.type, dtype, enabled=amp): eval_s = _timed(lambda: net(x).argmax(1), steps, now)
-    parts /= steps
-    return dict(model=model, loss=loss, device=str(dev), amp=amp, size=size, batch_size=batch_size, n_classes=n_classes,
-                train_img_per_s=batch_size / train_s, eval_img_per_s=batch_size / eval_s, step_ms=1000 * parts.sum(),
-                loss_ms=1000 * parts[1:3].sum(), loss_share=parts[1:3].sum() / parts.sum(), peak_mem_mib=peak_memory_mib(dev))
-
-def _timed(fn, steps, now) -> float:
-    fn(); t0 = now()
-    for _ in range(steps): fn()
-    return (now() - t0) / steps
-
-# %% ../nbs/05_train.ipynb #fae79fed
-def speed_table(models=None, losses=("ce", "pat"), **kw):
-    "`step_time_breakdown` for every model and loss, as a DataFrame."
-    import pandas as pd
-    return pd.DataFrame([step_time_breakdown(m, l, **kw) for m in (models or MODEL_NAMES) for l in losses])
