@@ -204,15 +204,15 @@ def step_time_breakdown(model:str="segnet", loss:str="ce", n_classes:int=3, size
         opt.zero_grad(set_to_none=True)
         with torch.autocast(dev.type, dtype, enabled=amp): out = net(x)
         scaler.scale(loss_fn(out.float(), y)).backward(); scaler.step(opt); scaler.update()
-    train_s = _timed(full_step, steps, now)
+    train_s = _seconds_per_call(full_step, steps, now)
     net.eval()
-    with torch.no_grad(), torch.autocast(dev.type, dtype, enabled=amp): eval_s = _timed(lambda: net(x).argmax(1), steps, now)
+    with torch.no_grad(), torch.autocast(dev.type, dtype, enabled=amp): eval_s = _seconds_per_call(lambda: net(x).argmax(1), steps, now)
     parts /= steps
     return dict(model=model, loss=loss, device=str(dev), amp=amp, size=size, batch_size=batch_size, n_classes=n_classes,
                 train_img_per_s=batch_size / train_s, eval_img_per_s=batch_size / eval_s, step_ms=1000 * parts.sum(),
                 loss_ms=1000 * parts[1:3].sum(), loss_share=parts[1:3].sum() / parts.sum(), peak_mem_mib=peak_memory_mib(dev))
 
-def _timed(fn, steps, now) -> float:
+def _seconds_per_call(fn, steps, now) -> float:
     fn(); t0 = now()
     for _ in range(steps): fn()
     return (now() - t0) / steps
