@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from .losses import get_loss, blv_noise, LOSS_NAMES, VARIANTS
 from .data import get_dataset
 from .models import get_model, MODEL_NAMES
-from .train import resolve_device, default_preset, reset_peak_memory, peak_memory_mib
+from .train import resolve_device, default_preset, reset_peak_memory, peak_memory_mib, image_size
 
 # %% ../nbs/06_bench.ipynb #9b9ea033
 def _flat(t): return t.permute(0, 2, 3, 1).flatten(0, -2)  # [B, C, H, W] -> [B*H*W, C]
@@ -220,7 +220,6 @@ def _seconds_per_call(fn, steps, now) -> float:
 # %% ../nbs/06_bench.ipynb #fae79fed
 def speed_table(models=None, losses=("ce", "pat"), **kw):
     "`step_time_breakdown` for every model and loss, as a DataFrame."
-    import pandas as pd
     return pd.DataFrame([step_time_breakdown(m, l, **kw) for m in (models or MODEL_NAMES) for l in losses])
 
 # %% ../nbs/06_bench.ipynb #e3fdcb9c
@@ -236,7 +235,7 @@ def main(argv=None):
     t.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
     t.add_argument("--losses", nargs="+", default=["ce", "pat"], choices=LOSS_NAMES)
     t.add_argument("--n-classes", type=int, default=3)
-    t.add_argument("--size", type=int, nargs="+", default=[128], help="H (square) or H W")
+    t.add_argument("--size", type=image_size, default=128, help="e.g. 128 or 256x512")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--steps", type=int, default=3)
     t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on for CUDA)")
@@ -252,8 +251,7 @@ def main(argv=None):
         df, name = bench_losses(tuple(a.shape), a.repeats, a.device, a.authors), f"losses_{a.device}.csv"
         print(to_markdown(df))
     else:
-        size = a.size[0] if len(a.size) == 1 else tuple(a.size[:2])
-        df, name = speed_table(a.models, a.losses, n_classes=a.n_classes, size=size, batch_size=a.batch_size,
+        df, name = speed_table(a.models, a.losses, n_classes=a.n_classes, size=a.size, batch_size=a.batch_size,
                                steps=a.steps, device=a.device, amp=a.amp), f"training_{a.device}.csv"
         print(df.round(3).to_markdown(index=False))
     df.to_csv(out / name, index=False)
