@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: install test sync-check nbtest pytest reproduce bench readme lock clean
+.PHONY: install test sync-check nbtest pytest reproduce bench notebooks readme lock clean
 
 install: $(VENV)/.installed  ## create .venv with the pinned dependency set and the package (editable)
 
@@ -39,6 +39,10 @@ reproduce: install  ## the main job on the embedded synthetic default (CPU)
 
 bench: install  ## the loss speed/memory benchmark
 	$(BIN)/pat-bench losses
+
+notebooks: install  ## re-execute the library notebooks in place, keeping outputs (figures) for readers; slow cells skipped
+	OMP_NUM_THREADS=2 $(BIN)/python scripts/run_notebooks.py nbs/index.ipynb $$(ls nbs/0*.ipynb)
+	$(BIN)/nbdev_clean
 
 readme: install  ## regenerate README.md from nbs/index.ipynb
 	$(BIN)/python scripts/make_readme.py

@@ -24,7 +24,7 @@ def test_tst_flags_are_space_separated():
 
 @pytest.mark.parametrize("nb", NBS, ids=lambda p: str(p.relative_to(REPO / "nbs")))
 def test_heavy_cells_use_known_flags(nb):
-    known = set(get_config().tst_flags.split()) | {"export", "exports", "exporti", "hide", "default_exp", "eval:", "export:"}
+    known = set(get_config().tst_flags.split()) | {"export", "exports", "exporti", "hide", "default_exp", "eval:", "export:", "output:"}
     for cell in code_cells(nb):
         for d in directives(cell): assert d in known, f"{nb.name}: unknown cell directive #| {d}"
 

@@ -1,0 +1,32 @@
+"""Execute library notebooks in place, keeping their outputs (figures, tables) for readers; cells flagged in
+settings.ini's `tst_flags` (slow, gpu) are skipped, as under `nbdev_test`; cells marked `#| output: false` run but keep
+no output. Then run `nbdev_clean`.
+
+Usage: .venv/bin/python scripts/run_notebooks.py nbs/00_data.ipynb [...]"""
+import os, sys
+from pathlib import Path
+from execnb.nbio import read_nb, write_nb
+from execnb.shell import CaptureShell
+from nbdev.config import get_config
+from nbdev.process import NBProcessor
+
+def main(paths):
+    skip = set(get_config().tst_flags.split())
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    for p in map(Path, paths):
+        nb = NBProcessor(p, process=True).nb  # parses the `#|` directives into cell.directives_
+        def no_eval(cell):
+            if cell.cell_type != "code": return True
+            d = getattr(cell, "directives_", {}) or {}
+            return d.get("eval:", [""])[0].lower() == "false" or bool(skip & d.keys())
+        cwd = os.getcwd(); os.chdir(p.parent)
+        try: CaptureShell(p).run_all(nb, exc_stop=True, preproc=no_eval)
+        finally: os.chdir(cwd)
+        raw = read_nb(p)
+        for cell, done in zip(raw.cells, nb.cells):
+            if cell.cell_type != "code": continue
+            hidden = (getattr(done, "directives_", {}) or {}).get("output:", [""])[0].lower() == "false"
+            cell["outputs"] = [] if hidden else done.get("outputs", [])  # `#| output: false`: e.g. images we may not redistribute
+        write_nb(raw, p); print(f"{p}: executed, outputs kept")
+
+if __name__ == "__main__": main(sys.argv[1:])
