@@ -2,16 +2,17 @@
 settings.ini's `tst_flags` (slow, gpu) are skipped, as under `nbdev_test`; cells marked `#| output: false` run but keep
 no output. Then run `nbdev_clean`.
 
-Usage: .venv/bin/python scripts/run_notebooks.py nbs/00_data.ipynb [...]"""
-import os, sys
+Usage: .venv/bin/python scripts/run_notebooks.py [--flags slow] nbs/00_data.ipynb [...]
+(`--flags slow` also runs the cells flagged slow, so that their figures are stored too.)"""
+import argparse, os
 from pathlib import Path
 from execnb.nbio import read_nb, write_nb
 from execnb.shell import CaptureShell
 from nbdev.config import get_config
 from nbdev.process import NBProcessor
 
-def main(paths):
-    skip = set(get_config().tst_flags.split())
+def main(paths, force=()):
+    skip = set(get_config().tst_flags.split()) - set(force)
     os.environ.setdefault("MPLBACKEND", "Agg")
     for p in map(Path, paths):
         nb = NBProcessor(p, process=True).nb  # parses the `#|` directives into cell.directives_
@@ -29,4 +30,9 @@ def main(paths):
             cell["outputs"] = [] if hidden else done.get("outputs", [])  # `#| output: false`: e.g. images we may not redistribute
         write_nb(raw, p); print(f"{p}: executed, outputs kept")
 
-if __name__ == "__main__": main(sys.argv[1:])
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Execute notebooks in place, keeping their outputs.")
+    ap.add_argument("notebooks", nargs="+")
+    ap.add_argument("--flags", default="", help="comma-separated cell flags to run anyway, e.g. slow")
+    a = ap.parse_args()
+    main(a.notebooks, [f for f in a.flags.split(",") if f])
