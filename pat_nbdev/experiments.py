@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_experiments.ipynb #984f6d18
 from __future__ import annotations
-import argparse, json, sys, time, traceback
+import argparse, json, re, sys, time, traceback
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import pandas as pd
@@ -151,7 +151,8 @@ def results_table(df:pd.DataFrame, table:int, metrics=('miou', 'pix_acc', 'dice_
     order = {l: i for i, l in enumerate(LOSS_NAMES)}
     out = keep.pivot_table(index=index, columns='data_key', values=list(metrics), aggfunc='first')
     out = out.swaplevel(0, 1, axis=1).sort_index(axis=1, level=0, sort_remaining=False)
-    return out.reindex(columns=[(d, m) for d in keep.data_key.unique() for m in metrics if (d, m) in out.columns]).sort_index(
+    keys = sorted(keep.data_key.unique(), key=lambda k: (re.sub(r'\d+', '', k), int(re.sub(r'\D', '', k) or 0)))  # synthetic3 < synthetic14
+    return out.reindex(columns=[(d, m) for d in keys for m in metrics if (d, m) in out.columns]).sort_index(
         key=lambda ix: ix.map(order) if ix.name == 'loss' else ix)
 
 # %% ../nbs/07_experiments.ipynb #37948aef
