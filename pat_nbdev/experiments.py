@@ -4,17 +4,19 @@
 
 # %% ../nbs/07_experiments.ipynb #984f6d18
 from __future__ import annotations
-import argparse, json, re, sys, time, traceback
-from dataclasses import dataclass, field, asdict
+import argparse, json, os, queue, re, subprocess, sys, time, traceback
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 from .losses import LOSS_NAMES
 
 # %% auto #0
-__all__ = ['TABLE_MODELS', 'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'PRESETS', 'REPO', 'EXPERIMENT_NBS', 'METRIC_COLUMNS', 'Run',
-           'Preset', 'table_runs', 'plan_runs', 'run_config', 'execute_notebook', 'execute_run', 'run_batch',
-           'collect_runs', 'results_table', 'provenance', 'reproduce_parser', 'main']
+__all__ = ['TABLE_MODELS', 'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS', 'PRESETS', 'REPO', 'EXPERIMENT_NBS',
+           'METRIC_COLUMNS', 'OUTPUTS', 'Run', 'Preset', 'table_runs', 'study_runs', 'plan_runs', 'run_config',
+           'execute_notebook', 'run_finished', 'execute_run', 'job_slots', 'run_batch', 'collect_runs', 'results_table',
+           'provenance', 'reproduce_parser', 'main']
 
 # %% ../nbs/07_experiments.ipynb #7806fdf0
 TABLE_MODELS = {1: ('segnet',), 2: ('unet', 'attunet', 'unetpp'), 3: ('segnet', 'unet')}
@@ -25,37 +27,57 @@ DEFAULT_TAU = 1.0
 # %% ../nbs/07_experiments.ipynb #512294ed
 @dataclass(frozen=True)
 class Run:
-    "One training run: a cell of a table."
+    "One training run: a cell of a table (one seed of it)."
     data_key: str  # key into the preset's datasets, e.g. 'synthetic20' or 'cityscapes'
     model: str  # one of MODEL_NAMES
     loss: str  # one of LOSS_NAMES
     tau: float = DEFAULT_TAU  # PAT's temperature (ignored by the other losses)
+    seed: int = 0  # the run's seed; seed 0 keeps the folder name of a one-seed batch
+    method: str|None = None  # the name in tables and folders; None: the loss, with its tau when not the default
+    kw: tuple = ()  # further loss keywords, as (key, value) pairs (hashable)
 
     @property
-    def loss_tag(self) -> str: return self.loss if self.loss != 'pat' or self.tau == DEFAULT_TAU else f"pat-tau{self.tau:g}"
+    def loss_tag(self) -> str:
+        if self.method: return self.method
+        return self.loss if self.loss != 'pat' or self.tau == DEFAULT_TAU else f"pat-tau{self.tau:g}"
     @property
-    def run_id(self) -> str: return f"{self.data_key}/{self.model}/{self.loss_tag}"
+    def run_id(self) -> str: return f"{self.data_key}/{self.model}/{self.loss_tag}" + (f"-seed{self.seed}" if self.seed else '')
     @property
-    def loss_kw(self) -> dict: return {'tau': self.tau} if self.loss == 'pat' and self.tau != DEFAULT_TAU else {}
+    def loss_kw(self) -> dict: return {**({'tau': self.tau} if self.loss == 'pat' and self.tau != DEFAULT_TAU else {}), **dict(self.kw)}
 
 # %% ../nbs/07_experiments.ipynb #4d04fe48
 @dataclass
 class Preset:
-    "Datasets and shared training settings for a batch of runs."
-    datasets: dict  # data_key -> dict(dataset=..., data_kw=...)
+    "Datasets and shared training settings for a batch of runs: the paper's tables, or a study of `methods`."
+    datasets: dict  # data_key -> dict(dataset=..., data_kw=..., train_kw=...); train_kw overrides the preset's per dataset
     epochs: int  # training epochs of every run
     batch_size: int = 8
     model_kw: dict = field(default_factory=dict)  # passed to get_model for every run
     train_kw: dict = field(default_factory=dict)  # further TrainConfig fields
     description: str = ''  # printed beside every table built from this preset
+    seeds: int = 1  # runs per configuration, with seeds 0..seeds-1
+    methods: dict|None = None  # a study: name -> dict(loss=..., **loss keywords), on `models`, instead of the tables
+    models: tuple = ('segnet',)  # the models of a study
+
+STUDY_METHODS = {**{l: dict(loss=l, variant='original') for l in LOSS_NAMES if l != 'pat'},  # the fair comparison: each as its paper defines it
+                 'pat': dict(loss='pat', normalize='mean'),  # PAT as the authors' code normalises
+                 'pat-mask': dict(loss='pat', normalize='mask')}  # PAT as the paper's text normalises
 
 PRESETS = {
     'cpu': Preset(
         datasets={f'synthetic{c}': dict(dataset='synthetic', data_kw=dict(n_classes=c, size=64)) for c in (3, 14, 20)},
         epochs=3, batch_size=8, model_kw=dict(preset='small'),
-        description='SYNTHETIC long-tailed data (pat_nbdev.data, seed 0; 3/14/20 classes standing in for '
+        description='SYNTHETIC long-tailed data (pat_nbdev.synthetic, seed 0; 3/14/20 classes standing in for '
                     'Oxford-IIIT Pet / NYUv2 / Cityscapes), 64x64, small models, 3 epochs on a CPU: '
                     'a smoke run of the pipeline, NOT the paper\'s result'),
+    'cpu-study': Preset(
+        datasets={'camvid': dict(dataset='camvid', data_kw=dict(size=(120, 160)), train_kw=dict(crop=(72, 96))),
+                  'synthetic20': dict(dataset='synthetic', data_kw=dict(n_classes=20, size=64), train_kw=dict(epochs=10))},
+        epochs=12, batch_size=8, model_kw=dict(preset='small'), seeds=3, methods=STUDY_METHODS,
+        description='a seeded CPU study, NOT the paper\'s protocol: SegNet-small; REAL CamVid (official 367/101/233 split) '
+                    'at 120x160 (a third of its size), trained on random 72x96 crops with flips for 12 epochs and evaluated on '
+                    'whole images; SYNTHETIC 20-class data at 64x64 for 10 epochs; every loss in its original variant, '
+                    'PAT normalised by the mean (authors) and by the mask (paper); 3 seeds each'),
     'paper': Preset(
         datasets={'oxford_pet': dict(dataset='oxford_pet', data_kw={}),
                   'cityscapes': dict(dataset='cityscapes', data_kw={}),
@@ -72,21 +94,29 @@ def table_runs(table:int, data_keys) -> list[Run]:
     taus = TAUS if table == 3 else (DEFAULT_TAU,)
     return [Run(d, m, l, t) for d in data_keys for m in TABLE_MODELS[table] for l in TABLE_LOSSES[table] for t in taus]
 
-def plan_runs(tables, data_keys) -> list[Run]:
-    "Every run needed for `tables`, each once (Table 3's default-tau runs are Tables 1-2's PAT runs)."
-    return list(dict.fromkeys(r for t in tables for r in table_runs(t, data_keys)))
+def study_runs(preset:Preset, data_keys) -> list[Run]:
+    "One run per dataset, model and method of a study preset (seed 0)."
+    return [Run(d, m, spec['loss'], method=name, kw=tuple(sorted((k, v) for k, v in spec.items() if k != 'loss')))
+            for d in data_keys for m in preset.models for name, spec in preset.methods.items()]
+
+def plan_runs(tables, data_keys, seeds:int=1, preset:Preset|None=None) -> list[Run]:
+    "Every run needed (each once: Table 3's default-tau runs are Tables 1-2's PAT runs), for seeds 0..`seeds`-1, seed-major."
+    base = study_runs(preset, data_keys) if preset is not None and preset.methods else [r for t in tables for r in table_runs(t, data_keys)]
+    return [replace(r, seed=s) for s in range(seeds) for r in dict.fromkeys(base)]
 
 # %% ../nbs/07_experiments.ipynb #b5d09be2
 def run_config(run:Run, preset:Preset, out_root, roots:dict|None=None, **overrides) -> dict:
-    "The `TrainConfig` fields of `run` under `preset`, writing to `out_root/run.run_id`."
+    "The `TrainConfig` fields of `run` under `preset`, writing to `out_root/run.run_id`; `overrides` (not None) win."
     spec = preset.datasets[run.data_key]
     roots = roots or {}
     if spec['dataset'] != 'synthetic' and spec['dataset'] not in roots:
         raise ValueError(f"dataset {spec['dataset']!r} needs its folder: pass --root {spec['dataset']}=PATH")
-    return dict(dataset=spec['dataset'], root=roots.get(spec['dataset']), model=run.model, loss=run.loss,
-                loss_kw=run.loss_kw, model_kw=dict(preset.model_kw), data_kw=dict(spec['data_kw']),
-                epochs=preset.epochs, batch_size=preset.batch_size, out=str(Path(out_root) / run.run_id),
-                progress=False, **{**preset.train_kw, **overrides})
+    cfg = dict(dataset=spec['dataset'], root=roots.get(spec['dataset']), model=run.model, loss=run.loss, loss_kw=run.loss_kw,
+               model_kw=dict(preset.model_kw), data_kw=dict(spec['data_kw']), epochs=preset.epochs, batch_size=preset.batch_size,
+               seed=run.seed, out=str(Path(out_root) / run.run_id), progress=False)
+    cfg.update(preset.train_kw); cfg.update(spec.get('train_kw', {}))
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return cfg
 
 # %% ../nbs/07_experiments.ipynb #3d04d682
 REPO = Path(__file__).resolve().parents[1] if '__file__' in globals() else Path.cwd().parent
@@ -100,10 +130,15 @@ def execute_notebook(nb:Path, out_nb:Path, parameters:dict, cwd=None):
                         cwd=str(cwd or nb.parent), progress_bar=False, log_output=False)
 
 # %% ../nbs/07_experiments.ipynb #a1f22d42
+def run_finished(out) -> bool:
+    "Whether run folder `out` holds a finished run: a `metrics.json` that parses and has test metrics (a truncated one does not)."
+    try: return 'test' in json.loads((Path(out) / 'metrics.json').read_text())
+    except (OSError, ValueError): return False
+
 def execute_run(cfg:dict, engine:str='papermill') -> Path:
-    "Train one run from its config dict (skipped when its `metrics.json` exists); returns the run folder."
+    "Train one run from its config dict (skipped when it has finished); returns the run folder."
     out = Path(cfg['out'])
-    if (out / 'metrics.json').exists(): return out
+    if run_finished(out): return out
     if engine == 'inprocess':
         from pat_nbdev.train import TrainConfig, train
         train(TrainConfig(**cfg))
@@ -112,34 +147,83 @@ def execute_run(cfg:dict, engine:str='papermill') -> Path:
     else: raise ValueError(f"unknown engine {engine!r}; choose 'papermill' or 'inprocess'")
     return out
 
+# %% ../nbs/07_experiments.ipynb #212b85d2
+def job_slots(jobs:int=1, devices:list|None=None, runs_per_device:int=1, cores:int|None=None) -> list[dict]:
+    "The environment of each concurrent run: a device each (`devices`, `runs_per_device` runs on each), or a share of the `cores`."
+    if devices:
+        return [dict(CUDA_VISIBLE_DEVICES=str(d)) for d in devices for _ in range(runs_per_device)]
+    threads = max(1, (cores or os.cpu_count() or 1) // max(1, jobs))
+    return [dict(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))] * max(1, jobs)
+
+# %% ../nbs/07_experiments.ipynb #f4ce06f8
+def _run_in_subprocess(cfg:dict, engine:str, slot:dict):
+    "Execute one run in a child process with the environment `slot`; its output goes to `run.log`."
+    out = Path(cfg['out']); out.mkdir(parents=True, exist_ok=True)
+    if 'OMP_NUM_THREADS' in slot: cfg = {**cfg, 'threads': int(slot['OMP_NUM_THREADS'])}
+    code = 'import json, sys; from pat_nbdev.experiments import execute_run; execute_run(json.loads(sys.argv[1]), sys.argv[2])'
+    with open(out / 'run.log', 'w') as log:
+        p = subprocess.run([sys.executable, '-c', code, json.dumps(cfg), engine], stdout=log, stderr=subprocess.STDOUT,
+                           env={**os.environ, **slot, 'PYTHONWARNINGS': 'ignore'})
+    if p.returncode:
+        lines = [l for l in (out / 'run.log').read_text(errors='replace').splitlines() if l.strip()]
+        raise RuntimeError(f"{lines[-1] if lines else 'no output'} (exit {p.returncode}; see {out / 'run.log'})")
+
+def _error_line(e:Exception) -> str: return f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+
 # %% ../nbs/07_experiments.ipynb #e30953dc
-def run_batch(configs:list[dict], out_root, engine:str='papermill') -> dict:
-    "Execute every config (skipping finished runs); returns {'done': [...], 'failed': {run: error}}."
+def run_batch(configs:list[dict], out_root, engine:str='papermill', slots:list[dict]|None=None) -> dict:
+    "Execute every config not yet finished, one per slot of `slots` at a time (None: one after another, in this process)."
     out_root = Path(out_root); out_root.mkdir(parents=True, exist_ok=True)
-    done, failed = [], {}
-    bar = tqdm(configs, desc='runs', unit='run')
-    for cfg in bar:
-        name = str(Path(cfg['out']).relative_to(out_root)); bar.set_postfix_str(name)
-        try: execute_run(cfg, engine); done.append(name)
-        except Exception as e: failed[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    name = lambda cfg: str(Path(cfg['out']).relative_to(out_root))
+    kept = [name(c) for c in configs if run_finished(c['out'])]
+    todo = [c for c in configs if not run_finished(c['out'])]
+    print(f"{len(configs)} runs: {len(kept)} finished and kept, {len(todo)} to run" + (f", {len(slots)} at a time" if slots else ''), flush=True)
+    done, failed = list(kept), {}
+    bar = tqdm(total=len(todo), desc='runs', unit='run')
+    if not slots:
+        for cfg in todo:
+            bar.set_postfix_str(name(cfg))
+            try: execute_run(cfg, engine); done.append(name(cfg))
+            except Exception as e: failed[name(cfg)] = _error_line(e)
+            bar.update()
+    else:
+        free = queue.Queue(); [free.put(s) for s in slots]
+        def work(cfg):
+            slot = free.get()
+            try: _run_in_subprocess(cfg, engine, slot)
+            finally: free.put(slot)
+        with ThreadPoolExecutor(len(slots)) as ex:
+            futures = {ex.submit(work, cfg): name(cfg) for cfg in todo}
+            for f in as_completed(futures):
+                try: f.result(); done.append(futures[f])
+                except Exception as e: failed[futures[f]] = _error_line(e)
+                bar.update(); bar.set_postfix_str(futures[f])
+    bar.close()
     (out_root / 'failures.json').write_text(json.dumps(failed, indent=2))
     return dict(done=done, failed=failed)
 
 # %% ../nbs/07_experiments.ipynb #ee38789e
 METRIC_COLUMNS = ('miou', 'pix_acc', 'dice_err', 'miou_head', 'miou_body', 'miou_tail')
 
-def collect_runs(out_root) -> pd.DataFrame:
-    "One row per finished run under `out_root` (any depth), from its `metrics.json`."
+def _run_row(path:Path) -> dict:
+    m = json.loads(path.read_text()); run, data = m['run'], m['data']
+    folder = path.parent.name
+    return dict(run_dir=str(path.parent), data_key=path.parent.parts[-3] if len(path.parent.parts) >= 3 else data['dataset'],
+                method=re.sub(r'-seed\d+$', '', folder), seed=run.get('seed', 0),
+                dataset=data['dataset'], kind=data['kind'], n_classes=data['n_classes'],
+                image_size='x'.join(map(str, data['image_size'])), train_images=data['images'].get('train'),
+                model=run['model'], loss=run['loss'], tau=run['loss_kw'].get('tau', DEFAULT_TAU) if run['loss'] == 'pat' else None,
+                epochs=run['epochs'], seconds_per_epoch=run['seconds_per_epoch'], peak_memory_mib=run['peak_memory_mib'],
+                wall_time_s=run['wall_time_s'], device=run['device'], threads=run.get('threads'),
+                **{k: m['test'].get(k) for k in METRIC_COLUMNS},
+                iou_per_class=m['test'].get('iou_per_class'), classes=m.get('classes'), class_pixel_counts=m.get('class_pixel_counts'))
+
+def collect_runs(out_root, warn=print) -> pd.DataFrame:
+    "One row per finished run under `out_root` (any depth), from its `metrics.json`; unreadable ones are skipped and named."
     rows = []
     for path in sorted(Path(out_root).rglob('metrics.json')):
-        m = json.loads(path.read_text()); run, data = m['run'], m['data']
-        rows.append(dict(run_dir=str(path.parent), data_key=path.parent.parts[-3] if len(path.parent.parts) >= 3 else data['dataset'],
-                         dataset=data['dataset'], kind=data['kind'], n_classes=data['n_classes'],
-                         image_size='x'.join(map(str, data['image_size'])), train_images=data['images'].get('train'),
-                         model=run['model'], loss=run['loss'], tau=run['loss_kw'].get('tau', DEFAULT_TAU) if run['loss'] == 'pat' else None,
-                         epochs=run['epochs'], seconds_per_epoch=run['seconds_per_epoch'], peak_memory_mib=run['peak_memory_mib'],
-                         wall_time_s=run['wall_time_s'], device=run['device'],
-                         **{k: m['test'].get(k) for k in METRIC_COLUMNS}))
+        try: rows.append(_run_row(path))
+        except (OSError, ValueError, KeyError, TypeError) as e: warn(f"skipped {path}: unreadable ({type(e).__name__}: {e})")
     return pd.DataFrame(rows)
 
 # %% ../nbs/07_experiments.ipynb #5c73beba
@@ -171,13 +255,26 @@ def _root(s:str) -> tuple:
     if '=' not in s: raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {s!r}")
     k, v = s.split('=', 1); return k, v
 
+def _positive(s:str) -> int:
+    try: v = int(s)
+    except ValueError: v = 0
+    if v < 1: raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {s!r}")
+    return v
+
 def reproduce_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='pat-reproduce', description='Rebuild the paper\'s tables and figures.')
-    p.add_argument('--preset', choices=list(PRESETS), default='cpu', help='cpu: synthetic smoke run; paper: real data, GPU')
-    p.add_argument('--tables', type=int, nargs='+', choices=list(TABLE_MODELS), default=[1, 2, 3])
+    p = argparse.ArgumentParser(prog='pat-reproduce', description='Rebuild the paper\'s tables and figures.',
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--preset', choices=list(PRESETS), default='cpu', help='; '.join(f"{k}: {v.description}" for k, v in PRESETS.items()).replace('%', '%%'))
+    p.add_argument('--tables', type=int, nargs='+', choices=list(TABLE_MODELS), default=[1, 2, 3], help='paper tables (table presets)')
     p.add_argument('--out', default='runs/reproduce', help='output folder (runs, notebooks, report)')
     p.add_argument('--root', type=_root, action='append', default=[], metavar='NAME=PATH', help='a real dataset\'s folder')
-    p.add_argument('--epochs', type=int, help='override the preset\'s epochs')
+    p.add_argument('--epochs', type=_positive, help='override the preset\'s epochs')
+    p.add_argument('--seeds', type=_positive, help='run every configuration with seeds 0..N-1 (default: the preset\'s)')
+    p.add_argument('--jobs', type=_positive, default=os.cpu_count() or 1,
+                   help='runs at once on a CPU, the cores split between them (each run its own process)')
+    p.add_argument('--devices', type=lambda s: [d for d in s.split(',') if d], help='GPUs to place runs on, e.g. 0,1 (one visible device per run)')
+    p.add_argument('--runs-per-device', type=_positive, default=1, help='runs at once on each GPU of --devices')
+    p.add_argument('--cache', help='folder for decoded-image caches of real datasets (default: OUT/cache)')
     p.add_argument('--engine', choices=('papermill', 'inprocess'), default='papermill')
     p.add_argument('--skip', nargs='*', choices=('theory', 'bench', 'runs', 'report'), default=[], help='steps to leave out')
     p.add_argument('--dry-run', action='store_true', help='list the runs and exit')
@@ -190,33 +287,37 @@ def _step(name, fn, log):
     except Exception as e: log[name] = f"FAILED: {type(e).__name__}: {e}"; traceback.print_exc()
     print(f"   {name}: {log[name]}", flush=True)
 
+OUTPUTS = {'report': 'tables (csv, md) and figures', 'runs': 'one folder per run (metrics.json, history.csv, examples.npz, train_run.ipynb)',
+           'notebooks': 'executed theory and report notebooks', 'bench': 'loss speed and memory', 'cache': 'decoded images of the real datasets'}
+
 def main(argv=None):
     "`pat-reproduce`: runs, report, theory figures and the loss benchmark under `--out`."
-    a = reproduce_parser().parse_args(argv)
+    p = reproduce_parser(); a = p.parse_args(argv)
     preset, out, roots = PRESETS[a.preset], Path(a.out).resolve(), dict(a.root)
-    overrides = {'epochs': a.epochs} if a.epochs else {}
-    runs = plan_runs(a.tables, list(preset.datasets))
+    seeds = a.seeds or preset.seeds
+    runs = plan_runs(a.tables, list(preset.datasets), seeds, preset)
+    overrides = dict(epochs=a.epochs, cache=str(Path(a.cache).resolve()) if a.cache else str(out / 'cache'))
     try: configs = [run_config(r, preset, out / 'runs', roots, **overrides) for r in runs]
-    except ValueError as e: reproduce_parser().error(str(e))
-    print(f"{len(runs)} runs for tables {a.tables}, preset {a.preset!r}: {preset.description}")
+    except ValueError as e: p.error(str(e))
+    what = f"methods {list(preset.methods)}" if preset.methods else f"tables {a.tables}"
+    print(f"{len(runs)} runs ({seeds} seed(s)) for {what}, preset {a.preset!r}: {preset.description}")
     if a.dry_run:
         for c in configs: print('  ', Path(c['out']).relative_to(out / 'runs'))
         return 0
+    slots = job_slots(a.jobs, a.devices, a.runs_per_device) if a.devices or a.jobs > 1 else None
     log = {}
     if 'theory' not in a.skip:
         _step('theory', lambda: execute_notebook(REPO / 'nbs' / '03_theory.ipynb', out / 'notebooks' / '03_theory.ipynb', {}), log)
     if 'runs' not in a.skip:
-        _step('runs', lambda: log.update(batch=run_batch(configs, out / 'runs', a.engine)), log)
+        _step('runs', lambda: log.update(batch=run_batch(configs, out / 'runs', a.engine, slots)), log)
     if 'report' not in a.skip:
         _step('report', lambda: execute_notebook(EXPERIMENT_NBS / 'report.ipynb', out / 'notebooks' / 'report.ipynb', dict(
-            runs_dir=str(out / 'runs'), report_dir=str(out / 'report'), tables=list(a.tables),
+            runs_dir=str(out / 'runs'), report_dir=str(out / 'report'), tables=[] if preset.methods else list(a.tables),
             preset_description=preset.description)), log)
     if 'bench' not in a.skip:
         from pat_nbdev import bench
         _step('bench', lambda: bench.main(['losses', '--out', str(out / 'bench')]), log)
     failed = log.get('batch', {}).get('failed', {})
-    print(f"\nOutputs under {out}:\n  report/     tables (csv, md) and figures\n  runs/       one folder per run"
-          f" (metrics.json, history.csv, train_run.ipynb)\n  notebooks/  executed theory and report notebooks\n"
-          f"  bench/      loss speed and memory\n  figures:   {REPO / 'runs' / 'figures'} (Fig. 3)")
-    if failed: print(f"{len(failed)} run(s) failed, see {out / 'runs' / 'failures.json'}: {failed}")
+    print(f"\nOutputs under {out}:", *[f"  {k + '/':<11} {v}" for k, v in OUTPUTS.items() if (out / k).exists()], sep='\n')
+    if failed: print(f"{len(failed)} run(s) failed, see {out / 'runs' / 'failures.json'}:", *[f"  {k}: {v}" for k, v in failed.items()], sep='\n')
     return 1 if failed or any(str(v).startswith('FAILED') for v in log.values()) else 0

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -55,6 +56,8 @@ def _check_hparams(variant="authors", **hp):
             raise ValueError(f"{k} must be {'>=' if rules[k][1] else '>'} {rules[k][0]}, got {v}")
     if "beta" in hp and not 0 < hp["beta"] < 1: raise ValueError(f"beta must lie in (0, 1), got {hp['beta']}")
     if hp.get("normalize") not in (None, "mean", "mask"): raise ValueError(f"normalize must be 'mean' or 'mask', got {hp['normalize']!r}")
+    if hp.get("focal_form", "softmax") not in ("softmax", "sigmoid"):
+        raise ValueError(f"focal_form must be 'softmax' or 'sigmoid', got {hp['focal_form']!r}")
 
 def _float32_loss(f):
     "Run a loss with autocast off: it upcasts its logits and computes in float32."
@@ -152,7 +155,7 @@ class _PixelLoss(torch.autograd.Function):
         (g,) = ctx.saved_tensors
         return g * grad, None, None, None, None
 
-def pixel_loss(s:Tensor, # [B, H, W] true-class log-probabilities (from `log_prob_of_target`)
+def pixel_loss(s:Tensor, # [B, H, W] true-class log-probabilities (from `log_prob_of_target`), or any per-pixel value
                valid:Tensor, # [B, H, W] bool, labelled pixels
                phi, # s -> (phi(s), phi'(s)): the per-pixel term and its derivative
                weight:Tensor|None=None, # [B, H, W] per-pixel weights w_j
@@ -162,6 +165,7 @@ def pixel_loss(s:Tensor, # [B, H, W] true-class log-probabilities (from `log_pro
     return _PixelLoss.apply(s, valid, weight, valid.sum().clamp_min(1) if denom is None else denom, phi)
 
 def _nll(s): return s.neg(), -1.0
+def _value(s): return s, 1.0  # phi(s) = s: for a per-pixel term computed by autograd
 
 # %% ../nbs/02_losses.ipynb #fa06721c
 @_float32_loss
@@ -203,18 +207,30 @@ def cb_class_weights(counts:Tensor, # [C] pixels per class
     w = torch.where(present, (1 - beta) / -torch.expm1(counts.clamp_min(1) * math.log(beta)), 0)
     return w * present.sum() / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
 
+# %% ../nbs/02_losses.ipynb #d8993782
+def _sigmoid_focal(z:Tensor, # [B, C, H, W] float32/64 logits
+                   target:Tensor, # [B, H, W] int64 in [0, C) (ignored pixels already replaced)
+                   gamma:float, # focusing parameter; 0: sigmoid cross-entropy
+                  ) -> Tensor: # [B, H, W]
+    "Per pixel, $\\sum_k \\sigma(u_k)^\\gamma\\,(-\\log\\sigma(-u_k))$ with $u = x$ except $u_y = -x_y$."
+    u = z.scatter(1, target[:, None], z.gather(1, target[:, None]).neg())
+    term = F.logsigmoid(u.neg()).neg()
+    return (term * F.logsigmoid(u).mul(gamma).exp() if gamma else term).sum(1)
+
 # %% ../nbs/02_losses.ipynb #8ff497c0
 @_float32_loss
-def cb_loss(logits:Tensor, target:Tensor, *, beta:float=0.9999, gamma:float=0.0, ignore_index:int=255, variant:str="authors", class_counts=None) -> Tensor:
-    "Class-balanced loss (Cui et al. 2019); `gamma > 0` gives CB-focal. The authors' variant ignores `beta`."
-    _check_hparams(variant, beta=beta, gamma=gamma)
+def cb_loss(logits:Tensor, target:Tensor, *, beta:float=0.9999, gamma:float=0.0, focal_form:str="softmax",
+            ignore_index:int=255, variant:str="authors", class_counts=None) -> Tensor:
+    "Class-balanced loss (Cui et al. 2019); `gamma > 0` gives CB-focal, `focal_form='sigmoid'` their sigmoid form. The authors' variant ignores `beta`."
+    _check_hparams(variant, beta=beta, gamma=gamma, focal_form=focal_form)
     z, t, v = check_inputs(logits, target, ignore_index)
-    w = cb_class_weights(_counts(class_counts, t, v, z.shape[1]), variant, beta).to(z.dtype)
-    return pixel_loss(log_prob_of_target(z, t), v, _focal(gamma), weight=w[t])
+    w = cb_class_weights(_counts(class_counts, t, v, z.shape[1]), variant, beta).to(z.dtype)[t]
+    if focal_form == "sigmoid": return pixel_loss(_sigmoid_focal(z, t, gamma), v, _value, weight=w)
+    return pixel_loss(log_prob_of_target(z, t), v, _focal(gamma), weight=w)
 
-def cbfocal_loss(logits:Tensor, target:Tensor, *, beta:float=0.9999, gamma:float=1.0, **kw) -> Tensor:
+def cbfocal_loss(logits:Tensor, target:Tensor, *, beta:float=0.9999, gamma:float=1.0, focal_form:str="softmax", **kw) -> Tensor:
     "Class-balanced focal loss: `cb_loss` with `gamma=1` by default."
-    return cb_loss(logits, target, beta=beta, gamma=gamma, **kw)
+    return cb_loss(logits, target, beta=beta, gamma=gamma, focal_form=focal_form, **kw)
 
 # %% ../nbs/02_losses.ipynb #2320bf0f
 def _log_counts(counts): return counts.log().clamp_min(-1e4)  # log 0 -> -1e4, whose exp is exactly 0
@@ -232,10 +248,13 @@ def bms_loss(logits:Tensor, target:Tensor, *, training:bool=True, ignore_index:i
 
 # %% ../nbs/02_losses.ipynb #9d0e2909
 def ldam_margins(counts:Tensor, # [C] pixels per class
-                 max_m:float=0.5, # the largest margin (rarest present class)
-                ) -> Tensor: # float64 [C], 0 for absent classes
-    "LDAM's per-class margins $m_\\max (n_c / \\min n)^{-1/4}$ over the classes present."
-    m = torch.where(counts > 0, counts.clamp_min(1) ** -0.25, 0)
+                 max_m:float=0.5, # the largest margin
+                 variant:str="authors", # "authors": counts + 1e-4, max over all classes; "original": over the classes present
+                ) -> Tensor: # float64 [C]; "original": 0 for absent classes
+    "LDAM's per-class margins $m_\\max\\, n_c^{-1/4} / \\max_k n_k^{-1/4}$."
+    counts = counts.double()
+    if variant == "authors": m = (counts + 1e-4) ** -0.25  # ibla's `+ 0.0001`: an absent class gets 10, the maximum
+    else: m = torch.where(counts > 0, counts.clamp_min(1) ** -0.25, 0)
     return m * (max_m / m.max().clamp_min(torch.finfo(m.dtype).tiny))
 
 @_float32_loss
@@ -243,7 +262,7 @@ def ldam_loss(logits:Tensor, target:Tensor, *, max_m:float=0.5, s:float=30.0, ig
     "Label-distribution-aware margin loss; margins from the batch or from `class_counts`."
     _check_hparams(variant, max_m=max_m, s=s)
     z, t, v = check_inputs(logits, target, ignore_index)
-    m = ldam_margins(_counts(class_counts, t, v, z.shape[1]), max_m).to(z.dtype)
+    m = ldam_margins(_counts(class_counts, t, v, z.shape[1]), max_m, variant).to(z.dtype)
     return pixel_loss(log_prob_of_target(z, t, scale=s, margin=m[t]), v, _nll)
 
 # %% ../nbs/02_losses.ipynb #a91e1b7b
@@ -360,7 +379,8 @@ class CBLoss(SegLoss):
 class CBFocalLoss(SegLoss):
     "Class-balanced focal loss (`cbfocal_loss`)."
     fn = staticmethod(cbfocal_loss)
-    def __init__(self, beta:float=0.9999, gamma:float=1.0, **kw): super().__init__(beta=beta, gamma=gamma, **kw)
+    def __init__(self, beta:float=0.9999, gamma:float=1.0, focal_form:str="softmax", **kw):
+        super().__init__(beta=beta, gamma=gamma, focal_form=focal_form, **kw)
 
 # %% ../nbs/02_losses.ipynb #629dfaf5
 class BMSLoss(SegLoss):

@@ -205,7 +205,7 @@ def test_bad_input_names_the_file(tmp_path):
         ds[[k for k, *_ in ds.items].index("cat_2")]
     (root / "images/cat_1.jpg").write_bytes(b"\xff\xd8 truncated")
     with pytest.raises(ValueError, match=r"cat_1\.jpg: unreadable image"): ds[[k for k, *_ in ds.items].index("cat_1")]
-    with pytest.raises(ValueError, match="oxford_pet, cityscapes, nyuv2, synthetic"): get_dataset("pets", root)
+    with pytest.raises(ValueError, match="oxford_pet, cityscapes, nyuv2, camvid, synthetic"): get_dataset("pets", root)
     with pytest.raises(ValueError, match="train, val, test, all"): get_dataset("oxford_pet", root, "dev")
     with pytest.raises(ValueError, match="choose one of: paper, official"): get_dataset("oxford_pet", root, splits="mine")
 

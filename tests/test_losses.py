@@ -1,14 +1,16 @@
 """Every loss of `pat_nbdev.losses`, both variants, against naive references written independently.
 
 The references loop over pixels in Python and use only scalar arithmetic on 0-d float64 tensors (so autograd gives a
-reference gradient too): softmax by hand, counts by hand, weights by the formulas of METHOD.md.
+reference gradient too): softmax by hand, counts by hand, weights by the formulas of METHOD.md, with the authors' current
+code where it departs from them (KhoiDOO/ibla `loss/ldam.py`: `+ 0.0001` on every count), Cui et al.'s sigmoid focal
+form (richardaecn/class-balanced-loss `src/cifar_main.py`) and BLV's official mmseg reduction (grantword8/BLV).
 """
 import math
 import pytest
 import torch
 import torch.nn.functional as F
 from pat_nbdev.losses import (LOSS_NAMES, VARIANTS, get_loss, inplace_backward, pat_loss, ce_loss, PATLoss,
-                              log_prob_of_target, blv_noise)
+                              log_prob_of_target, blv_noise, blv_loss, ldam_margins)
 
 B, C, H, W = 2, 5, 6, 7
 IGNORE = 255
@@ -59,6 +61,17 @@ def ref_cb(x, y, variant, counts=None, gamma=0.0):
 
 def ref_cbfocal(x, y, variant, counts=None): return ref_cb(x, y, variant, counts, gamma=1.0)
 
+def sigmoid(v): return 1 / (1 + torch.exp(-v))
+
+def ref_cb_sigmoid(x, y, variant, counts=None, gamma=1.0):
+    "Cui et al.'s focal loss: -w_y (1 - pt)^gamma log pt summed over every class k, pt = sigmoid(x_k) at the true class, 1 - sigmoid(x_k) elsewhere; / |V|."
+    w, px, total = cb_weights(counts_of(y, C, counts), variant), pixels(y), 0
+    for b, h, w_, c in px:
+        for k in range(C):
+            pt = sigmoid(x[b, k, h, w_]) if k == c else 1 - sigmoid(x[b, k, h, w_])
+            total = total - w[c] * (1 - pt) ** gamma * torch.log(pt)
+    return total / len(px)
+
 def ref_bms(x, y, variant, counts=None, training=True):
     n, px, total = counts_of(y, C, counts), pixels(y), 0
     for b, h, w, c in px:
@@ -70,7 +83,8 @@ def ref_bms(x, y, variant, counts=None, training=True):
 
 def ref_ldam(x, y, variant, counts=None, max_m=0.5, s=30.0):
     n, px = counts_of(y, C, counts), pixels(y)
-    raw = [nc ** -0.25 if nc > 0 else 0.0 for nc in n]
+    if variant == "authors": raw = [(nc + 1e-4) ** -0.25 for nc in n]  # ibla: an absent class gets 10, the maximum
+    else: raw = [nc ** -0.25 if nc > 0 else 0.0 for nc in n]  # Cao et al.: the maximum over the classes present
     m = [r * max_m / max(raw) for r in raw]
     total = 0
     for b, h, w, c in px:
@@ -152,6 +166,49 @@ def test_pat_options_against_reference(normalize, detach_beta, batch):
     ours.backward(); ref.backward()
     torch.testing.assert_close(xl.grad, xr.grad, rtol=1e-8, atol=1e-12)
 
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0])
+@pytest.mark.parametrize("counts", [None, FIXED_COUNTS], ids=["batch-counts", "fixed-counts"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cb_sigmoid_form_against_reference(variant, counts, gamma, batch):
+    x, y = batch
+    xl, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = get_loss("cbfocal", variant=variant, class_counts=counts, gamma=gamma, focal_form="sigmoid")(xl, y)
+    ref = ref_cb_sigmoid(xr, y, variant, counts, gamma)
+    torch.testing.assert_close(ours, ref.reshape(()), rtol=1e-9, atol=1e-12)
+    ours.backward(); ref.backward()
+    torch.testing.assert_close(xl.grad, xr.grad, rtol=1e-8, atol=1e-12)
+    assert not torch.isclose(ours, get_loss("cbfocal", variant=variant, class_counts=counts, gamma=gamma)(x, y))
+
+def test_cb_sigmoid_form_finite_where_cuis_modulator_underflows():
+    "A true-class logit of -100 in float32: the term is ~100 (theirs, exp(-g y x - g log1p(exp(-x))), would give 0)."
+    x, y = torch.tensor([-100.0, 0.0, 0.0]).view(1, 3, 1, 1).requires_grad_(), torch.zeros(1, 1, 1, dtype=torch.long)
+    loss = get_loss("cbfocal", variant="original", focal_form="sigmoid")(x, y)
+    loss.backward()
+    assert loss.item() > 100 and torch.isfinite(x.grad).all() and x.grad[0, 0, 0, 0] < -0.5
+
+def test_authors_ldam_absent_class_takes_the_largest_margin():
+    "ibla's `+ 0.0001`: an absent class gets 1e-4^(-1/4) = 10, the maximum, so every real margin is max_m n^(-1/4) / 10."
+    n = torch.tensor([400.0, 25.0, 0.0, 1.0], dtype=torch.float64)
+    ours, cao = ldam_margins(n, 0.5, "authors"), ldam_margins(n, 0.5, "original")
+    tenth = torch.tensor([0.5 / math.sqrt(20) / 10, 0.5 / math.sqrt(5) / 10, 0.5, 0.5 / 10], dtype=torch.float64)
+    torch.testing.assert_close(ours, tenth, rtol=1e-4, atol=0)  # 1e-4 on a count of 1 moves its margin by 2.5e-5
+    torch.testing.assert_close(cao, torch.tensor([0.5 / math.sqrt(20), 0.5 / math.sqrt(5), 0.0, 0.5], dtype=torch.float64))
+    full = torch.tensor([400.0, 25.0, 3.0, 1.0], dtype=torch.float64)  # every class present: the two agree
+    torch.testing.assert_close(ldam_margins(full, 0.5, "authors"), ldam_margins(full, 0.5, "original"), rtol=1e-4, atol=0)
+
+def test_blv_original_differs_from_mmseg_mean_by_labelled_share(batch):
+    "The official code averages over all B*H*W pixels (ignored ones count as 0); ours over the labelled ones."
+    x, y = batch
+    n = torch.tensor([5000.0, 800.0, 120.0, 9.0, 1.0], dtype=torch.float64)
+    ours = blv_loss(x, y, variant="original", class_counts=n, generator=torch.Generator().manual_seed(0))
+    freq = torch.log(n.sum()) - torch.log(n)  # grantword8/BLV blv_loss.py: frequency_list
+    noise = blv_noise(x.shape, 4.0, torch.Generator().manual_seed(0), x.dtype) / freq.max() * freq.view(1, C, 1, 1)
+    mmseg = F.cross_entropy(x + noise, y, reduction="none", ignore_index=IGNORE).mean()
+    labelled = (y != IGNORE).sum().item() / y.numel()
+    assert labelled < 0.95
+    torch.testing.assert_close(ours * labelled, mmseg, rtol=1e-12, atol=0)
+    assert not torch.isclose(ours, mmseg)
+
 @pytest.mark.parametrize("name", ["bms", "blv"])
 def test_original_eval_mode_against_reference(name, batch):
     x, y = batch
@@ -189,6 +246,8 @@ def test_gradcheck(name, variant):
     fn = lambda a: build(name, variant, **hp)(a, y)  # a fresh generator per call: the same BLV noise
     with inplace_backward(False):
         assert torch.autograd.gradcheck(fn, (x,))
+    if name == "cbfocal":
+        assert torch.autograd.gradcheck(lambda a: build(name, variant, focal_form="sigmoid")(a, y), (x,))
 
 def test_fused_backward_matches_kept_buffer_and_refuses_second_pass(batch):
     x, y = batch
@@ -235,10 +294,12 @@ def test_pat_bf16_autocast_finite_on_confidently_wrong_pixels():
 def test_half_logits_give_float32_loss_and_finite_grads(name):
     x, y = confidently_wrong(n_classes=5, dtype=torch.float16)  # C=5: PAT's gradients stay in float16's range
     x = x.clamp(-8, 8).requires_grad_()
-    loss = build(name, "original")(x, y)
-    loss.backward()
-    assert loss.dtype == torch.float32 and torch.isfinite(loss) and x.grad.dtype == torch.float16
-    assert torch.isfinite(x.grad).all()
+    for kw in ([{}, dict(focal_form="sigmoid")] if name == "cbfocal" else [{}]):
+        x.grad = None
+        loss = build(name, "original", **kw)(x, y)
+        loss.backward()
+        assert loss.dtype == torch.float32 and torch.isfinite(loss) and x.grad.dtype == torch.float16
+        assert torch.isfinite(x.grad).all()
 
 
 # ---------------------------------------------------------------- properties
@@ -256,6 +317,8 @@ def test_ignored_pixels_do_not_matter(batch):
     for name in LOSS_NAMES:
         for variant in VARIANTS:
             torch.testing.assert_close(build(name, variant)(x, y), build(name, variant)(x2, y))
+    sig = get_loss("cbfocal", focal_form="sigmoid")
+    torch.testing.assert_close(sig(x, y), sig(x2, y))
 
 def test_ce_matches_torch(batch):
     x, y = batch
@@ -294,6 +357,7 @@ def test_bad_hyper_parameters_raise():
     with pytest.raises(ValueError, match=r"beta must lie in \(0, 1\)"): get_loss("cb", beta=1.5)
     with pytest.raises(ValueError, match="gamma must be >= 0"): get_loss("focal", gamma=-1)
     with pytest.raises(ValueError, match="sigma must be >= 0"): get_loss("blv", sigma=-1)
+    with pytest.raises(ValueError, match="focal_form must be 'softmax' or 'sigmoid'"): get_loss("cbfocal", focal_form="tanh")
     with pytest.raises(ValueError, match="class_counts must be finite and >= 0"): get_loss("cb", class_counts=[3, -1])
     with pytest.raises(ValueError, match=r"one entry per class \(4\)"):
         get_loss("ldam", class_counts=[1, 2, 3])(torch.randn(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
