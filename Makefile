@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: install test sync-check nbtest pytest reproduce bench notebooks readme lock clean
+.PHONY: install test sync-check nbtest pytest reproduce bench notebooks lab readme lock clean
 
 install: $(VENV)/.installed  ## create .venv with the pinned dependency set and the package (editable)
 
@@ -43,6 +43,10 @@ bench: install  ## the loss speed/memory benchmark
 notebooks: install  ## re-execute the library notebooks in place, keeping outputs (figures) for readers; slow cells skipped
 	OMP_NUM_THREADS=2 $(BIN)/python scripts/run_notebooks.py nbs/index.ipynb $$(ls nbs/0*.ipynb)
 	$(BIN)/nbdev_clean
+
+lab: install  ## open the notebooks in JupyterLab, on the project's environment (kernel "pat_nbdev", registered inside .venv)
+	$(BIN)/python -m ipykernel install --sys-prefix --name pat_nbdev --display-name "pat_nbdev (.venv)"
+	$(BIN)/jupyter lab nbs
 
 readme: install  ## regenerate README.md from nbs/index.ipynb
 	$(BIN)/python scripts/make_readme.py

@@ -1,6 +1,8 @@
 """Package metadata comes from settings.ini (nbdev 2.4 convention)."""
 from configparser import ConfigParser
-import setuptools, shlex
+import setuptools, shlex, shutil
+from pathlib import Path
+from setuptools.command.build_py import build_py
 
 config = ConfigParser(delimiters=['='])
 config.read('settings.ini', encoding='utf-8')
@@ -16,7 +18,21 @@ lic = licenses[cfg['license']]
 min_python = cfg['min_python']
 lic_name, lic_classifier = lic
 
+# What `pat-reproduce` executes or reads besides the modules: one source in the repository, copied into the wheel.
+PACKAGED = {'notebooks': ['nbs/experiments/train_run.ipynb', 'nbs/experiments/report.ipynb', 'nbs/03_theory.ipynb'],
+            'paper': sorted(str(p) for p in Path('data/paper').glob('*.csv'))}
+
+class BuildWithNotebooks(build_py):
+    "build_py that also copies `PACKAGED` into the built package (pat_nbdev/notebooks/, pat_nbdev/paper/)."
+    def run(self):
+        super().run()
+        for folder, files in PACKAGED.items():
+            dest = Path(self.build_lib) / cfg['lib_path'] / folder
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in files: shutil.copy(f, dest)
+
 setuptools.setup(
+    cmdclass={'build_py': BuildWithNotebooks},
     name=cfg['lib_name'],
     license=lic_name,
     classifiers=['Development Status :: ' + statuses[int(cfg['status'])],

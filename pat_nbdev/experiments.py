@@ -10,13 +10,13 @@ from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
-from .losses import LOSS_NAMES
+from .losses import LOSS_NAMES, resolve_loss
 
 # %% auto #0
-__all__ = ['TABLE_MODELS', 'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS', 'PRESETS', 'REPO', 'EXPERIMENT_NBS',
-           'METRIC_COLUMNS', 'OUTPUTS', 'Run', 'Preset', 'table_runs', 'study_runs', 'plan_runs', 'run_config',
-           'execute_notebook', 'run_finished', 'execute_run', 'job_slots', 'run_batch', 'collect_runs', 'results_table',
-           'provenance', 'reproduce_parser', 'main']
+__all__ = ['TABLE_MODELS', 'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS', 'PRESETS', 'PACKAGE', 'REPO', 'PAPER_DIR',
+           'METRIC_COLUMNS', 'BENCH_SHAPE', 'OUTPUTS', 'Run', 'Preset', 'table_runs', 'study_runs', 'plan_runs',
+           'run_config', 'notebook_path', 'execute_notebook', 'run_finished', 'execute_run', 'job_slots', 'run_batch',
+           'collect_runs', 'results_table', 'provenance', 'reproduce_parser', 'main']
 
 # %% ../nbs/07_experiments.ipynb #7806fdf0
 TABLE_MODELS = {1: ('segnet',), 2: ('unet', 'attunet', 'unetpp'), 3: ('segnet', 'unet')}
@@ -69,15 +69,28 @@ PRESETS = {
         datasets={f'synthetic{c}': dict(dataset='synthetic', data_kw=dict(n_classes=c, size=64)) for c in (3, 14, 20)},
         epochs=3, batch_size=8, model_kw=dict(preset='small'),
         description='SYNTHETIC long-tailed data (pat_nbdev.synthetic, seed 0; 3/14/20 classes standing in for '
-                    'Oxford-IIIT Pet / NYUv2 / Cityscapes), 64x64, small models, 3 epochs on a CPU: '
+                    'Oxford-IIIT Pet / NYUv2 / Cityscapes), 64x64, small models on a CPU: '
                     'a smoke run of the pipeline, NOT the paper\'s result'),
+    'tiny': Preset(
+        datasets={'synthetic3': dict(dataset='synthetic', data_kw=dict(n_classes=3, size=32, n_images=16))},
+        epochs=1, model_kw=dict(preset='small', width=4), train_kw=dict(max_steps=2, max_eval_steps=2), seeds=2,
+        methods={'ce': dict(loss='ce'), 'pat': dict(loss='pat')},
+        description='TINY SYNTHETIC check (16 images of 32x32, 2 training steps): exercises every step, seeds and the paired '
+                    'comparison in about a minute; its numbers mean nothing'),
+    'gpu-synthetic': Preset(
+        datasets={'synthetic3': dict(dataset='synthetic', data_kw=dict(n_classes=3, size=256)),
+                  'synthetic14': dict(dataset='synthetic', data_kw=dict(n_classes=14, size=(288, 384))),
+                  'synthetic20': dict(dataset='synthetic', data_kw=dict(n_classes=20, size=(256, 512)))},
+        epochs=100, batch_size=8, model_kw=dict(preset='default'),
+        description='SYNTHETIC long-tailed data at the paper\'s image sizes (256x256, 288x384, 256x512), paper-sized models, '
+                    'the paper\'s schedule: for a GPU without the real datasets; NOT the paper\'s result'),
     'cpu-study': Preset(
         datasets={'camvid': dict(dataset='camvid', data_kw=dict(size=(120, 160)), train_kw=dict(crop=(72, 96))),
                   'synthetic20': dict(dataset='synthetic', data_kw=dict(n_classes=20, size=64), train_kw=dict(epochs=10))},
         epochs=12, batch_size=8, model_kw=dict(preset='small'), seeds=3, methods=STUDY_METHODS, one_seed=('focal', 'cb', 'cbfocal', 'bms'),
         description='a seeded CPU study, NOT the paper\'s protocol: SegNet-small; REAL CamVid (official 367/101/233 split) '
-                    'at 120x160 (a third of its size), trained on random 72x96 crops with flips for 12 epochs and evaluated on '
-                    'whole images; SYNTHETIC 20-class data at 64x64 for 10 epochs; every loss in its original variant, '
+                    'at 120x160 (a third of its size), trained on random 72x96 crops with flips and evaluated on '
+                    'whole images; SYNTHETIC 20-class data at 64x64; every loss in its original variant, '
                     'PAT normalised by the mean (authors) and by the mask (paper); 3 seeds for CE, LDAM, BLV and both PATs, '
                     'one seed for Focal, CB, CB-Focal and BMS (cut to fit about two hours on 2 cores)'),
     'paper': Preset(
@@ -85,25 +98,28 @@ PRESETS = {
                   'cityscapes': dict(dataset='cityscapes', data_kw={}),
                   'nyuv2': dict(dataset='nyuv2', data_kw={})},
         epochs=100, batch_size=8, model_kw=dict(preset='default'),
-        description='REAL datasets, the paper\'s protocol: 100 epochs, Adam 1e-3 with cosine annealing, '
+        description='REAL datasets, the paper\'s protocol: Adam 1e-3 with cosine annealing, '
                     'split 0.8/0.1/0.1 (seed 0)'),
 }
 
 # %% ../nbs/07_experiments.ipynb #d461782d
-def table_runs(table:int, data_keys) -> list[Run]:
-    "The runs that make up paper table `table` (1, 2 or 3) for the given dataset keys."
+def table_runs(table:int, data_keys, extra:dict|None=None) -> list[Run]:
+    "The runs that make up paper table `table` (1, 2 or 3) for the given dataset keys; `extra` losses (name -> loss) join Tables 1-2."
     if table not in TABLE_MODELS: raise ValueError(f"unknown table {table!r}; choose one of {list(TABLE_MODELS)}")
     taus = TAUS if table == 3 else (DEFAULT_TAU,)
-    return [Run(d, m, l, t) for d in data_keys for m in TABLE_MODELS[table] for l in TABLE_LOSSES[table] for t in taus]
+    runs = [Run(d, m, l, t) for d in data_keys for m in TABLE_MODELS[table] for l in TABLE_LOSSES[table] for t in taus]
+    return runs + [Run(d, m, loss, method=name) for d in data_keys for m in TABLE_MODELS[table] for name, loss in (extra or {}).items() if table != 3]
 
-def study_runs(preset:Preset, data_keys) -> list[Run]:
-    "One run per dataset, model and method of a study preset (seed 0)."
+def study_runs(preset:Preset, data_keys, extra:dict|None=None) -> list[Run]:
+    "One run per dataset, model and method of a study preset (seed 0), `extra` losses (name -> loss) among the methods."
+    methods = {**preset.methods, **{name: dict(loss=loss) for name, loss in (extra or {}).items()}}
     return [Run(d, m, spec['loss'], method=name, kw=tuple(sorted((k, v) for k, v in spec.items() if k != 'loss')))
-            for d in data_keys for m in preset.models for name, spec in preset.methods.items()]
+            for d in data_keys for m in preset.models for name, spec in methods.items()]
 
-def plan_runs(tables, data_keys, seeds:int=1, preset:Preset|None=None) -> list[Run]:
+def plan_runs(tables, data_keys, seeds:int=1, preset:Preset|None=None, extra:dict|None=None) -> list[Run]:
     "Every run needed (each once: Table 3's default-tau runs are Tables 1-2's PAT runs), for seeds 0..`seeds`-1, seed-major."
-    base = study_runs(preset, data_keys) if preset is not None and preset.methods else [r for t in tables for r in table_runs(t, data_keys)]
+    base = (study_runs(preset, data_keys, extra) if preset is not None and preset.methods
+            else [r for t in tables for r in table_runs(t, data_keys, extra)])
     one_seed = preset.one_seed if preset is not None else ()
     return [replace(r, seed=s) for s in range(seeds) for r in dict.fromkeys(base) if s == 0 or r.loss_tag not in one_seed]
 
@@ -122,15 +138,24 @@ def run_config(run:Run, preset:Preset, out_root, roots:dict|None=None, **overrid
     return cfg
 
 # %% ../nbs/07_experiments.ipynb #3d04d682
-REPO = Path(__file__).resolve().parents[1] if '__file__' in globals() else Path.cwd().parent
-EXPERIMENT_NBS = REPO / 'nbs' / 'experiments'
+PACKAGE = Path(__file__).resolve().parent if '__file__' in globals() else Path.cwd().parent / 'pat_nbdev'
+REPO = PACKAGE.parent  # the checkout, when the package is installed editable
+_SOURCES = {'train_run.ipynb': 'nbs/experiments', 'report.ipynb': 'nbs/experiments', '03_theory.ipynb': 'nbs'}
+
+def notebook_path(name:str) -> Path:
+    "Where notebook `name` is: inside the installed package (a wheel: `pat_nbdev/notebooks/`), else in the checkout's `nbs/`."
+    packaged = PACKAGE / 'notebooks' / name
+    return packaged if packaged.exists() else REPO / _SOURCES[name] / name
+
+PAPER_DIR = PACKAGE / 'paper' if (PACKAGE / 'paper').is_dir() else REPO / 'data' / 'paper'  # the paper's tables as CSV
 
 def execute_notebook(nb:Path, out_nb:Path, parameters:dict, cwd=None):
-    "Execute notebook `nb` with papermill, writing the executed copy to `out_nb`."
-    import papermill as pm
+    "Execute notebook `nb` with papermill, writing the executed copy to `out_nb` (the kernel's transport warning silenced)."
+    import logging, papermill as pm
+    logging.getLogger('papermill').setLevel(logging.WARNING)
     out_nb.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(nb), str(out_nb), parameters=parameters, kernel_name='python3',
-                        cwd=str(cwd or nb.parent), progress_bar=False, log_output=False)
+    pm.execute_notebook(str(nb), str(out_nb), parameters=parameters, kernel_name='python3', cwd=str(cwd or out_nb.parent),
+                        progress_bar=False, log_output=False, stderr_file=None)
 
 # %% ../nbs/07_experiments.ipynb #a1f22d42
 def run_finished(out) -> bool:
@@ -146,7 +171,7 @@ def execute_run(cfg:dict, engine:str='papermill') -> Path:
         from pat_nbdev.train import TrainConfig, train
         train(TrainConfig(**cfg))
     elif engine == 'papermill':
-        execute_notebook(EXPERIMENT_NBS / 'train_run.ipynb', out / 'train_run.ipynb', {'config': cfg})
+        execute_notebook(notebook_path('train_run.ipynb'), out / 'train_run.ipynb', {'config': cfg})
     else: raise ValueError(f"unknown engine {engine!r}; choose 'papermill' or 'inprocess'")
     return out
 
@@ -232,10 +257,11 @@ def collect_runs(out_root, warn=print) -> pd.DataFrame:
 # %% ../nbs/07_experiments.ipynb #5c73beba
 def results_table(df:pd.DataFrame, table:int, metrics=('miou', 'pix_acc', 'dice_err', 'miou_tail'), stat:str='mean') -> pd.DataFrame:
     "Paper table `table` (1, 2 or 3) rebuilt from the runs in `df` (as `collect_runs` returns): `stat` ('mean', 'std') over seeds."
-    runs = {(r.data_key, r.model, r.loss, r.tau if r.loss == 'pat' else None) for r in table_runs(table, df.data_key.unique())}
-    keep = df[[(d, m, l, t if l == 'pat' else None) in runs for d, m, l, t in zip(df.data_key, df.model, df.loss, df.tau)]]
+    extra = dict(zip(df.method, df.loss)); extra = {k: v for k, v in extra.items() if v not in LOSS_NAMES}  # users' losses
+    runs = {(r.data_key, r.model, r.loss_tag) for r in table_runs(table, df.data_key.unique(), extra)}
+    keep = df[[(d, m, t) in runs for d, m, t in zip(df.data_key, df.model, df.method)]].rename(columns={'loss': 'loss_name', 'method': 'loss'})
     index = {1: ['loss'], 2: ['model', 'loss'], 3: ['model', 'tau']}[table]
-    order = {l: i for i, l in enumerate(LOSS_NAMES)}
+    order = {l: i for i, l in enumerate([*LOSS_NAMES, *extra])}
     out = keep.pivot_table(index=index, columns='data_key', values=list(metrics), aggfunc=stat)
     out = out.swaplevel(0, 1, axis=1).sort_index(axis=1, level=0, sort_remaining=False)
     keys = sorted(keep.data_key.unique(), key=lambda k: (re.sub(r'\d+', '', k), int(re.sub(r'\D', '', k) or 0)))  # synthetic3 < synthetic14
@@ -264,6 +290,12 @@ def _positive(s:str) -> int:
     if v < 1: raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {s!r}")
     return v
 
+def _extra_loss(s:str) -> tuple:
+    "'[NAME=]package.module:Class' as (name, import path); the name defaults to the class's, lower-cased."
+    name, _, path = s.rpartition('=') if '=' in s else ('', '', s)
+    if ':' not in path: raise argparse.ArgumentTypeError(f"expected [NAME=]package.module:Class, got {s!r}")
+    return name or path.rsplit(':', 1)[1].lower(), path
+
 def reproduce_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='pat-reproduce', description='Rebuild the paper\'s tables and figures.',
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -272,6 +304,8 @@ def reproduce_parser() -> argparse.ArgumentParser:
     p.add_argument('--out', default='runs/reproduce', help='output folder (runs, notebooks, report)')
     p.add_argument('--root', type=_root, action='append', default=[], metavar='NAME=PATH', help='a real dataset\'s folder')
     p.add_argument('--epochs', type=_positive, help='override the preset\'s epochs')
+    p.add_argument('--extra-loss', type=_extra_loss, action='append', default=[], metavar='[NAME=]MODULE:CLASS',
+                   help='your own loss (an importable nn.Module class), run and reported like the built-in ones')
     p.add_argument('--seeds', type=_positive, help='run every configuration with seeds 0..N-1 (default: the preset\'s)')
     p.add_argument('--jobs', type=_positive, default=os.cpu_count() or 1,
                    help='runs at once on a CPU, the cores split between them (each run its own process)')
@@ -281,7 +315,8 @@ def reproduce_parser() -> argparse.ArgumentParser:
     p.add_argument('--engine', choices=('papermill', 'inprocess'), default='papermill')
     p.add_argument('--skip', nargs='*', choices=('theory', 'bench', 'runs', 'report'), default=[], help='steps to leave out')
     p.add_argument('--dry-run', action='store_true', help='list the runs and exit')
-    return p
+    from pat_nbdev.launch import add_launch_args  # imported here, not at the top: pat_nbdev.launch imports this module
+    return add_launch_args(p)
 
 # %% ../nbs/07_experiments.ipynb #962cf6e8
 def _step(name, fn, log):
@@ -290,36 +325,53 @@ def _step(name, fn, log):
     except Exception as e: log[name] = f"FAILED: {type(e).__name__}: {e}"; traceback.print_exc()
     print(f"   {name}: {log[name]}", flush=True)
 
+BENCH_SHAPE = (4, 20, 128, 256)  # logits of the loss benchmark in pat-reproduce: Fig. 6's cost panel (pat-bench losses for the full size)
 OUTPUTS = {'report': 'tables (csv, md) and figures', 'runs': 'one folder per run (metrics.json, history.csv, examples.npz, train_run.ipynb)',
            'notebooks': 'executed theory and report notebooks', 'bench': 'loss speed and memory', 'cache': 'decoded images of the real datasets'}
 
 def main(argv=None):
     "`pat-reproduce`: runs, report, theory figures and the loss benchmark under `--out`."
+    from pat_nbdev.launch import launcher_from_args, launch_batch, launch_status, sbatch_script
     p = reproduce_parser(); a = p.parse_args(argv)
     preset, out, roots = PRESETS[a.preset], Path(a.out).resolve(), dict(a.root)
+    try: launch = launcher_from_args(a, out, argv)  # None: no --launcher, the runs stay on this machine (run_batch)
+    except ValueError as e: p.error(str(e))
     seeds = a.seeds or preset.seeds
-    runs = plan_runs(a.tables, list(preset.datasets), seeds, preset)
+    extra = dict(a.extra_loss)
+    try: [resolve_loss(path) for path in extra.values()]
+    except ValueError as e: p.error(f"--extra-loss: {e}")
+    runs = plan_runs(a.tables, list(preset.datasets), seeds, preset, extra)
     overrides = dict(epochs=a.epochs, cache=str(Path(a.cache).resolve()) if a.cache else str(out / 'cache'))
     try: configs = [run_config(r, preset, out / 'runs', roots, **overrides) for r in runs]
     except ValueError as e: p.error(str(e))
-    what = f"methods {list(preset.methods)}" if preset.methods else f"tables {a.tables}"
+    what = f"methods {list(dict.fromkeys(r.loss_tag for r in runs))}" if preset.methods else f"tables {a.tables}"
     print(f"{len(runs)} runs ({seeds} seed(s)) for {what}, preset {a.preset!r}: {preset.description}")
     if a.dry_run:
         for c in configs: print('  ', Path(c['out']).relative_to(out / 'runs'))
+        if launch and a.launcher == 'slurm': print(sbatch_script(launch['executor'], len(configs), launch['max_parallel']))
         return 0
     slots = job_slots(a.jobs, a.devices, a.runs_per_device) if a.devices or a.jobs > 1 else None
     log = {}
-    if 'theory' not in a.skip:
-        _step('theory', lambda: execute_notebook(REPO / 'nbs' / '03_theory.ipynb', out / 'notebooks' / '03_theory.ipynb', {}), log)
-    if 'runs' not in a.skip:
-        _step('runs', lambda: log.update(batch=run_batch(configs, out / 'runs', a.engine, slots)), log)
-    if 'report' not in a.skip:
-        _step('report', lambda: execute_notebook(EXPERIMENT_NBS / 'report.ipynb', out / 'notebooks' / 'report.ipynb', dict(
-            runs_dir=str(out / 'runs'), report_dir=str(out / 'report'), tables=[] if preset.methods else list(a.tables),
-            preset_description=preset.description)), log)
-    if 'bench' not in a.skip:
+    skip = set(a.skip) | ({'theory', 'runs', 'bench'} if a.report_only else set()) | ({'theory', 'report', 'bench'} if a.detach else set())
+    if 'theory' not in skip:
+        _step('theory', lambda: execute_notebook(notebook_path('03_theory.ipynb'), out / 'notebooks' / '03_theory.ipynb',
+                                                 {'fig_dir': str(out / 'report')}), log)
+    if 'runs' not in skip:
+        batch = (lambda: launch_batch(configs, out, engine=a.engine, **launch)) if launch else (lambda: run_batch(configs, out / 'runs', a.engine, slots))
+        _step('runs', lambda: log.update(batch=batch()), log)
+    if a.report_only and (out / 'slurm' / 'submitted.json').exists():  # a batch submitted with --launcher: where its runs stand
+        log['batch'] = launch_status(out)
+        if log['batch']['running']: print(f"{len(log['batch']['running'])} run(s) still queued or running, not in the report:",
+                                          *[f"  {k}: {v}" for k, v in log['batch']['running'].items()], sep='\n')
+    if 'bench' not in skip:
         from pat_nbdev import bench
-        _step('bench', lambda: bench.main(['losses', '--out', str(out / 'bench')]), log)
+        _step('bench', lambda: bench.main(['losses', '--out', str(out / 'bench'), '--shape', *map(str, BENCH_SHAPE), '--repeats', '5']), log)
+    if 'report' not in skip and collect_runs(out / 'runs', warn=lambda m: None).empty:
+        print(f"report: no finished run under {out / 'runs'}, nothing to report"); log['report'] = 'FAILED: no finished run'
+    elif 'report' not in skip:
+        _step('report', lambda: execute_notebook(notebook_path('report.ipynb'), out / 'notebooks' / 'report.ipynb', dict(
+            runs_dir=str(out / 'runs'), report_dir=str(out / 'report'), tables=[] if preset.methods else list(a.tables),
+            preset_description=preset.description, bench_dir=str(out / 'bench'))), log)
     failed = log.get('batch', {}).get('failed', {})
     print(f"\nOutputs under {out}:", *[f"  {k + '/':<11} {v}" for k, v in OUTPUTS.items() if (out / k).exists()], sep='\n')
     if failed: print(f"{len(failed)} run(s) failed, see {out / 'runs' / 'failures.json'}:", *[f"  {k}: {v}" for k, v in failed.items()], sep='\n')

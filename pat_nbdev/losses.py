@@ -6,10 +6,11 @@
 __all__ = ['VARIANTS', 'NOISE_CHUNKS', 'LOSS_NAMES', 'check_inputs', 'inplace_backward', 'log_prob_of_target',
            'batch_class_counts', 'pixel_loss', 'ce_loss', 'focal_loss', 'cb_class_weights', 'cb_loss', 'cbfocal_loss',
            'bms_loss', 'ldam_margins', 'ldam_loss', 'blv_noise', 'blv_class_scale', 'blv_loss', 'pat_loss', 'SegLoss',
-           'CELoss', 'FocalLoss', 'CBLoss', 'CBFocalLoss', 'BMSLoss', 'LDAMLoss', 'BLVLoss', 'PATLoss', 'get_loss']
+           'CELoss', 'FocalLoss', 'CBLoss', 'CBFocalLoss', 'BMSLoss', 'LDAMLoss', 'BLVLoss', 'PATLoss', 'register_loss',
+           'resolve_loss', 'get_loss']
 
 # %% ../nbs/02_losses.ipynb #0e469b4a
-import math, inspect, functools, threading
+import importlib, math, inspect, functools, threading
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 import torch
@@ -405,11 +406,28 @@ class PATLoss(SegLoss):
 
 # %% ../nbs/02_losses.ipynb #c2622c6c
 _LOSSES = dict(ce=CELoss, focal=FocalLoss, cb=CBLoss, cbfocal=CBFocalLoss, bms=BMSLoss, ldam=LDAMLoss, blv=BLVLoss, pat=PATLoss)
-LOSS_NAMES = tuple(_LOSSES)
+LOSS_NAMES = tuple(_LOSSES)  # the built-in losses; `register_loss` adds more to the registry
 
-def get_loss(name:str, # one of `LOSS_NAMES`
+def register_loss(name:str):
+    "Class decorator: make a loss (an `nn.Module` taking `logits [B, C, H, W]`, `target [B, H, W]`) available to `get_loss` as `name`."
+    def deco(cls):
+        if name in LOSS_NAMES: raise ValueError(f"{name!r} is a built-in loss; register yours under another name")
+        _LOSSES[name] = cls; return cls
+    return deco
+
+def resolve_loss(name:str) -> type:
+    "The loss class of a registered `name`, or of an import path `'package.module:Class'` (importing the module registers its losses too)."
+    if name in _LOSSES: return _LOSSES[name]
+    if ':' not in name: raise ValueError(f"unknown loss {name!r}: expected one of {tuple(_LOSSES)} or an import path 'package.module:Class'")
+    module, attr = name.split(':', 1)
+    try: mod = importlib.import_module(module)
+    except ImportError as e: raise ValueError(f"loss {name!r}: cannot import module {module!r} ({e}); is it on PYTHONPATH?") from e
+    cls = _LOSSES.get(attr) or getattr(mod, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)): raise ValueError(f"loss {name!r}: {module} has no nn.Module class (or registered loss) {attr!r}")
+    return cls
+
+def get_loss(name:str, # one of `LOSS_NAMES`, a name given to `register_loss`, or 'package.module:Class'
              **hparams, # the loss's hyper-parameters, `variant`, `ignore_index`, `class_counts`
-            ) -> SegLoss:
+            ) -> nn.Module:
     "Build a loss module by name."
-    if name not in _LOSSES: raise ValueError(f"unknown loss {name!r}: expected one of {LOSS_NAMES}")
-    return _LOSSES[name](**hparams)
+    return resolve_loss(name)(**hparams)

@@ -11,7 +11,6 @@ import inspect
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import segmentation_models_pytorch as smp
 
 # %% ../nbs/01_models.ipynb #261d01b6
 class ConvBNReLU(nn.Sequential):
@@ -132,7 +131,15 @@ MODEL_PRESETS = {
                     unet=dict(encoder_name="resnet34"), unetpp=dict(encoder_name="resnet34")),
     "small": dict(segnet=dict(width=16), attunet=dict(width=16), unet=_SMALL_SMP, unetpp=_SMALL_SMP),
 }
-_BUILDERS = dict(segnet=SegNet, unet=smp.Unet, attunet=AttentionUNet, unetpp=smp.UnetPlusPlus)
+_BUILDERS = dict(segnet=SegNet, unet="Unet", attunet=AttentionUNet, unetpp="UnetPlusPlus")  # a string: smp's class of that name
+
+def _builder(name:str):
+    "The class that builds model `name`; smp is imported only when one of its models is asked for (it costs seconds: timm, torchvision)."
+    b = _BUILDERS[name]
+    if isinstance(b, str):
+        import segmentation_models_pytorch as smp
+        b = getattr(smp, b)
+    return b
 
 # %% ../nbs/01_models.ipynb #273d354f
 def _check_kwargs(name, builder, kw):
@@ -162,7 +169,7 @@ def get_model(name:str,             # one of MODEL_NAMES
     if preset not in MODEL_PRESETS: raise ValueError(f"unknown preset {preset!r}; choose one of {list(MODEL_PRESETS)}")
     if n_classes < 1 or in_channels < 1:
         raise ValueError(f"need n_classes >= 1 and in_channels >= 1, got {n_classes} and {in_channels}")
-    builder, kw = _BUILDERS[name], {**MODEL_PRESETS[preset][name], **kw}
+    builder, kw = _builder(name), {**MODEL_PRESETS[preset][name], **kw}
     _check_kwargs(name, builder, kw)
     if name in ("unet", "unetpp"): net = _build_smp(builder, n_classes, in_channels, **kw)
     else: net = builder(n_classes, in_channels, **kw)
