@@ -14,9 +14,9 @@ from .losses import LOSS_NAMES, resolve_loss
 
 # %% auto #0
 __all__ = ['TABLE_MODELS', 'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS', 'PRESETS', 'PACKAGE', 'REPO', 'PAPER_DIR',
-           'METRIC_COLUMNS', 'BENCH_SHAPE', 'OUTPUTS', 'Run', 'Preset', 'table_runs', 'study_runs', 'plan_runs',
-           'run_config', 'notebook_path', 'execute_notebook', 'run_finished', 'execute_run', 'job_slots', 'run_batch',
-           'collect_runs', 'results_table', 'provenance', 'reproduce_parser', 'main']
+           'METRIC_COLUMNS', 'BREAKDOWN', 'BENCH_SHAPE', 'OUTPUTS', 'Run', 'Preset', 'table_runs', 'study_runs',
+           'plan_runs', 'run_config', 'notebook_path', 'execute_notebook', 'run_finished', 'execute_run', 'job_slots',
+           'run_batch', 'collect_runs', 'results_table', 'provenance', 'time_breakdown', 'reproduce_parser', 'main']
 
 # %% ../nbs/07_experiments.ipynb #7806fdf0
 TABLE_MODELS = {1: ('segnet',), 2: ('unet', 'attunet', 'unetpp'), 3: ('segnet', 'unet')}
@@ -65,11 +65,11 @@ STUDY_METHODS = {**{l: dict(loss=l, variant='original') for l in LOSS_NAMES if l
                  'pat-mask': dict(loss='pat', normalize='mask')}  # PAT as the paper's text normalises
 
 PRESETS = {
-    'cpu': Preset(
-        datasets={f'synthetic{c}': dict(dataset='synthetic', data_kw=dict(n_classes=c, size=64)) for c in (3, 14, 20)},
-        epochs=3, batch_size=8, model_kw=dict(preset='small'),
+    'cpu': Preset(  # sized by measurement to run Tables 1-3 (105 runs), the report, Fig. 3 and the benchmark in under 25 min on 2 cores
+        datasets={f'synthetic{c}': dict(dataset='synthetic', data_kw=dict(n_classes=c, size=48)) for c in (3, 14, 20)},
+        epochs=2, batch_size=8, model_kw=dict(preset='small'), train_kw=dict(max_steps=25),
         description='SYNTHETIC long-tailed data (pat_nbdev.synthetic, seed 0; 3/14/20 classes standing in for '
-                    'Oxford-IIIT Pet / NYUv2 / Cityscapes), 64x64, small models on a CPU: '
+                    'Oxford-IIIT Pet / NYUv2 / Cityscapes), 48x48, 200 training images per epoch, small models on a CPU: '
                     'a smoke run of the pipeline, NOT the paper\'s result'),
     'tiny': Preset(
         datasets={'synthetic3': dict(dataset='synthetic', data_kw=dict(n_classes=3, size=32, n_images=16))},
@@ -155,7 +155,8 @@ def execute_notebook(nb:Path, out_nb:Path, parameters:dict, cwd=None):
     logging.getLogger('papermill').setLevel(logging.WARNING)
     out_nb.parent.mkdir(parents=True, exist_ok=True)
     pm.execute_notebook(str(nb), str(out_nb), parameters=parameters, kernel_name='python3', cwd=str(cwd or out_nb.parent),
-                        progress_bar=False, log_output=False, stderr_file=None)
+                        progress_bar=False, log_output=False,
+                        extra_arguments=['--IPKernelApp.log_level=ERROR'])  # the kernel's local-TCP warning is noise
 
 # %% ../nbs/07_experiments.ipynb #a1f22d42
 def run_finished(out) -> bool:
@@ -278,6 +279,26 @@ def provenance(df:pd.DataFrame) -> str:
                      f"{r.train_images} training images), {int(g.epochs.max())} epoch(s), "
                      f"{g.wall_time_s.sum() / 60:.1f} min of training in all on {r.device}")
     return '; '.join(parts) + '.'
+
+# %% ../nbs/07_experiments.ipynb #b074b709
+BREAKDOWN = ('run', 'kernel_start', 'imports', 'setup_checkpoints', 'train', 'val', 'test', 'plots', 'total')
+
+def time_breakdown(runs_dir) -> pd.DataFrame:
+    "Seconds of each papermill run under `runs_dir` by stage: kernel start, imports, set-up/checkpoints, train, val, test, plots."
+    rows = []
+    for nb_path in sorted(Path(runs_dir).rglob('train_run.ipynb')):
+        if not run_finished(nb_path.parent): continue
+        nb = json.loads(nb_path.read_text()); m = json.loads((nb_path.parent / 'metrics.json').read_text())['run']
+        cells = [(''.join(c['source']), c['metadata'].get('papermill', {}).get('duration') or 0.0) for c in nb['cells']]
+        total, in_cells = nb['metadata']['papermill']['duration'], sum(d for _, d in cells)
+        imports = sum(d for s, d in cells if s.startswith('import '))
+        train_cell = sum(d for s, d in cells if 'train(cfg)' in s)
+        hist = pd.read_csv(nb_path.parent / 'history.csv')
+        timed = dict(train=hist.train_seconds.sum(), val=hist.val_seconds.sum(), test=m['test_seconds'])
+        rows.append(dict(run=str(nb_path.parent.relative_to(runs_dir)), kernel_start=total - in_cells, imports=imports,
+                         setup_checkpoints=train_cell - sum(timed.values()), **timed,
+                         plots=in_cells - imports - train_cell, total=total))
+    return pd.DataFrame(rows, columns=BREAKDOWN)
 
 # %% ../nbs/07_experiments.ipynb #c0e41075
 def _root(s:str) -> tuple:

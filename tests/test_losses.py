@@ -1,9 +1,9 @@
-"""Every loss of `pat_nbdev.losses`, both variants, against naive references written independently.
+"""Every loss of `pat_nbdev.losses`, both variants, against the naive references of `pat_nbdev.reference`.
 
-The references loop over pixels in Python and use only scalar arithmetic on 0-d float64 tensors (so autograd gives a
-reference gradient too): softmax by hand, counts by hand, weights by the formulas of METHOD.md, with the authors' current
-code where it departs from them (KhoiDOO/ibla `loss/ldam.py`: `+ 0.0001` on every count), Cui et al.'s sigmoid focal
-form (richardaecn/class-balanced-loss `src/cifar_main.py`) and BLV's official mmseg reduction (grantword8/BLV).
+The references (`REFS`, `ref_pat`, `ref_cb_sigmoid`, ...) loop over pixels in Python and use only scalar arithmetic on
+0-d float64 tensors, so autograd gives a reference gradient too; `nbs/02a_reference.ipynb` says what each follows. The
+authors' own code, transcribed in the same module, is compared with our `variant="authors"` losses in
+tests/test_reference.py.
 """
 import math
 import pytest
@@ -11,114 +11,9 @@ import torch
 import torch.nn.functional as F
 from pat_nbdev.losses import (LOSS_NAMES, VARIANTS, get_loss, inplace_backward, pat_loss, ce_loss, PATLoss,
                               log_prob_of_target, blv_noise, blv_loss, ldam_margins)
+from pat_nbdev.reference import REFS, IGNORE_INDEX as IGNORE, ref_pat, ref_cb_sigmoid, blv_official
 
 B, C, H, W = 2, 5, 6, 7
-IGNORE = 255
-
-
-# ---------------------------------------------------------------- naive references
-def pixels(y):
-    "(b, h, w, label) of every labelled pixel."
-    return [(b, h, w, int(y[b, h, w])) for b in range(y.shape[0]) for h in range(y.shape[1])
-            for w in range(y.shape[2]) if int(y[b, h, w]) != IGNORE]
-
-def log_softmax_at(v, k):
-    "log softmax(v)[k] for a list of 0-d tensors, by hand (max-shifted)."
-    m = max(float(e.detach()) for e in v)
-    return v[k] - m - torch.log(sum(torch.exp(e - m) for e in v))
-
-def counts_of(y, n_classes, fixed=None):
-    if fixed is not None: return [float(c) for c in fixed]
-    n = [0.0] * n_classes
-    for *_, c in pixels(y): n[c] += 1
-    return n
-
-def ref_ce(x, y, variant, counts=None):
-    px = pixels(y)
-    return sum(-log_softmax_at([x[b, k, h, w] for k in range(C)], c) for b, h, w, c in px) / max(len(px), 1)
-
-def focal_term(logp, gamma):
-    return -((1 - torch.exp(logp)) ** gamma) * logp
-
-def ref_focal(x, y, variant, counts=None, gamma=2.0):
-    px = pixels(y)
-    total = sum(focal_term(log_softmax_at([x[b, k, h, w] for k in range(C)], c), gamma) for b, h, w, c in px)
-    return total / (len(px) * (C if variant == "authors" else 1))
-
-def cb_weights(n, variant, beta=0.9999):
-    if variant == "authors":
-        N = sum(n)
-        b = (N - 1) / N
-        return [(1 - b) / (1 - b ** nc + 1e-6) for nc in n]
-    w = [(1 - beta) / (1 - beta ** nc) if nc > 0 else 0.0 for nc in n]
-    present = sum(nc > 0 for nc in n)
-    return [wc * present / sum(w) for wc in w]
-
-def ref_cb(x, y, variant, counts=None, gamma=0.0):
-    w, px = cb_weights(counts_of(y, C, counts), variant), pixels(y)
-    return sum(w[c] * focal_term(log_softmax_at([x[b, k, h, w_] for k in range(C)], c), gamma)
-               for b, h, w_, c in px) / len(px)
-
-def ref_cbfocal(x, y, variant, counts=None): return ref_cb(x, y, variant, counts, gamma=1.0)
-
-def sigmoid(v): return 1 / (1 + torch.exp(-v))
-
-def ref_cb_sigmoid(x, y, variant, counts=None, gamma=1.0):
-    "Cui et al.'s focal loss: -w_y (1 - pt)^gamma log pt summed over every class k, pt = sigmoid(x_k) at the true class, 1 - sigmoid(x_k) elsewhere; / |V|."
-    w, px, total = cb_weights(counts_of(y, C, counts), variant), pixels(y), 0
-    for b, h, w_, c in px:
-        for k in range(C):
-            pt = sigmoid(x[b, k, h, w_]) if k == c else 1 - sigmoid(x[b, k, h, w_])
-            total = total - w[c] * (1 - pt) ** gamma * torch.log(pt)
-    return total / len(px)
-
-def ref_bms(x, y, variant, counts=None, training=True):
-    n, px, total = counts_of(y, C, counts), pixels(y), 0
-    for b, h, w, c in px:
-        if variant == "authors": v = [torch.exp(x[b, k, h, w]) * n[k] for k in range(C)]
-        elif training: v = [x[b, k, h, w] + (math.log(n[k]) if n[k] > 0 else -1e4) for k in range(C)]
-        else: v = [x[b, k, h, w] for k in range(C)]
-        total = total - log_softmax_at(v, c)
-    return total / len(px)
-
-def ref_ldam(x, y, variant, counts=None, max_m=0.5, s=30.0):
-    n, px = counts_of(y, C, counts), pixels(y)
-    if variant == "authors": raw = [(nc + 1e-4) ** -0.25 for nc in n]  # ibla: an absent class gets 10, the maximum
-    else: raw = [nc ** -0.25 if nc > 0 else 0.0 for nc in n]  # Cao et al.: the maximum over the classes present
-    m = [r * max_m / max(raw) for r in raw]
-    total = 0
-    for b, h, w, c in px:
-        total = total - log_softmax_at([s * (x[b, k, h, w] - (m[c] if k == c else 0.0)) for k in range(C)], c)
-    return total / len(px)
-
-def ref_blv(x, y, variant, counts=None, sigma=4.0, seed=0, training=True):
-    n, px = counts_of(y, C, counts), pixels(y)
-    if variant == "authors":
-        f = [math.log(nc + 1e-4) for nc in n]
-        f = [fc / max(f) for fc in f]
-    else:
-        n1 = [max(nc, 1.0) for nc in n]
-        f = [math.log(sum(n1)) - math.log(nc) for nc in n1]
-        f = [fc / max(f) for fc in f]
-    noisy = training or variant == "authors"
-    d = blv_noise(x.shape, sigma, torch.Generator().manual_seed(seed), x.dtype)  # min(|delta|, 1); its law: test_blv_noise_law
-    total = 0
-    for b, h, w, c in px:
-        v = [x[b, k, h, w] + (float(d[b, k, h, w]) * f[k] if noisy else 0.0) for k in range(C)]
-        total = total - log_softmax_at(v, c)
-    return total / len(px)
-
-def ref_pat(x, y, variant, counts=None, tau=1.0, alpha=2.0, normalize=None, detach_beta=False):
-    normalize = normalize or ("mean" if variant == "authors" else "mask")
-    groups, px = {}, pixels(y)
-    for b, h, w, c in px:
-        logp = log_softmax_at([x[b, k, h, w] / tau for k in range(C)], c)
-        p = torch.exp(logp.detach() if detach_beta else logp)
-        groups.setdefault((b, c), []).append(torch.exp(C * (1 - p)) / alpha * -logp)
-    if normalize == "mean": return sum(sum(g) for g in groups.values()) / (C * len(px))
-    return sum(sum(g) / len(g) for g in groups.values()) / len(groups)
-
-REFS = dict(ce=ref_ce, focal=ref_focal, cb=ref_cb, cbfocal=ref_cbfocal, bms=ref_bms, ldam=ref_ldam, blv=ref_blv, pat=ref_pat)
 COUNT_LOSSES = ("cb", "cbfocal", "bms", "ldam", "blv")
 
 
@@ -201,9 +96,7 @@ def test_blv_original_differs_from_mmseg_mean_by_labelled_share(batch):
     x, y = batch
     n = torch.tensor([5000.0, 800.0, 120.0, 9.0, 1.0], dtype=torch.float64)
     ours = blv_loss(x, y, variant="original", class_counts=n, generator=torch.Generator().manual_seed(0))
-    freq = torch.log(n.sum()) - torch.log(n)  # grantword8/BLV blv_loss.py: frequency_list
-    noise = blv_noise(x.shape, 4.0, torch.Generator().manual_seed(0), x.dtype) / freq.max() * freq.view(1, C, 1, 1)
-    mmseg = F.cross_entropy(x + noise, y, reduction="none", ignore_index=IGNORE).mean()
+    mmseg = blv_official(x, y, n, blv_noise(x.shape, 4.0, torch.Generator().manual_seed(0), x.dtype))
     labelled = (y != IGNORE).sum().item() / y.numel()
     assert labelled < 0.95
     torch.testing.assert_close(ours * labelled, mmseg, rtol=1e-12, atol=0)
