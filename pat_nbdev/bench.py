@@ -20,7 +20,8 @@ from .losses import get_loss, LOSS_NAMES, VARIANTS
 from .reference import AUTHORS_LOSSES, onehot  # the authors' code, transcribed (02a_reference)
 from .data import get_dataset
 from .models import get_model, MODEL_NAMES
-from .train import resolve_device, default_preset, reset_peak_memory, peak_memory_mib, image_size
+from .train import default_preset, image_size
+from .device import resolve_device, reset_peak_memory, peak_memory_mib, autocast_dtype, needs_grad_scaler, now, seconds_per_call
 
 # %% ../nbs/06_bench.ipynb #b73421b9
 @contextmanager
@@ -51,11 +52,7 @@ def peak_extra_bytes(fn, logits, target) -> int:
     return peak
 
 # %% ../nbs/06_bench.ipynb #05fe74c8
-def _timed(fn, logits, target):
-    sync = torch.cuda.synchronize if logits.is_cuda else (lambda: None)
-    sync(); t0 = time.perf_counter()
-    _step(fn, logits, target); sync()
-    return time.perf_counter() - t0
+def _timed(fn, logits, target): return seconds_per_call(lambda: _step(fn, logits, target), 1, logits.device, warmup=0)
 
 def loss_candidates(n_classes:int, # C, to build the one-hot target of the authors' code
                     target:torch.Tensor, # [B, H, W]
@@ -117,44 +114,36 @@ def step_time_breakdown(model:str="segnet", loss:str="ce", n_classes:int=3, size
                         device:str="auto", amp:bool|None=None, model_kw:dict|None=None, loss_kw:dict|None=None, seed:int=0) -> dict:
     "Training and evaluation images per second of `model`, and the share of a training step spent in `loss`."
     dev = resolve_device(device); amp = dev.type == "cuda" if amp is None else amp
-    dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
+    dtype = autocast_dtype(dev)
     ds = get_dataset("synthetic", None, "train", n_classes=n_classes, size=size, seed=seed)
     x, y = (t.to(dev) for t in next(iter(DataLoader(ds, batch_size))))
     torch.manual_seed(seed)
     net = get_model(model, n_classes, **{"preset": default_preset(dev), **(model_kw or {})}).to(dev).train()
     loss_fn = get_loss(loss, **(loss_kw or {})).to(dev)
-    opt, scaler = torch.optim.Adam(net.parameters(), 1e-3), torch.amp.GradScaler(dev.type, enabled=amp and dtype == torch.float16)
-    def now():
-        if dev.type == "cuda": torch.cuda.synchronize(dev)
-        return time.perf_counter()
+    opt, scaler = torch.optim.Adam(net.parameters(), 1e-3), torch.amp.GradScaler(dev.type, enabled=amp and needs_grad_scaler(dtype))
     parts = np.zeros(5)  # model fwd, loss fwd, loss bwd, model bwd, optimiser
     reset_peak_memory(dev)
     for i in range(warmup + steps):
-        t = [now()]
+        t = [now(dev)]
         opt.zero_grad(set_to_none=True)
         with torch.autocast(dev.type, dtype, enabled=amp): logits = net(x)
-        t.append(now()); leaf = logits.detach().float().requires_grad_()
-        l = loss_fn(leaf, y); t.append(now())
-        scaler.scale(l).backward(); t.append(now())
-        logits.backward(leaf.grad.to(logits.dtype)); t.append(now())
-        scaler.step(opt); scaler.update(); t.append(now())
+        t.append(now(dev)); leaf = logits.detach().float().requires_grad_()
+        l = loss_fn(leaf, y); t.append(now(dev))
+        scaler.scale(l).backward(); t.append(now(dev))
+        logits.backward(leaf.grad.to(logits.dtype)); t.append(now(dev))
+        scaler.step(opt); scaler.update(); t.append(now(dev))
         if i >= warmup: parts += np.diff(t)
     def full_step():
         opt.zero_grad(set_to_none=True)
         with torch.autocast(dev.type, dtype, enabled=amp): out = net(x)
         scaler.scale(loss_fn(out.float(), y)).backward(); scaler.step(opt); scaler.update()
-    train_s = _seconds_per_call(full_step, steps, now)
+    train_s = seconds_per_call(full_step, steps, dev)
     net.eval()
-    with torch.no_grad(), torch.autocast(dev.type, dtype, enabled=amp): eval_s = _seconds_per_call(lambda: net(x).argmax(1), steps, now)
+    with torch.no_grad(), torch.autocast(dev.type, dtype, enabled=amp): eval_s = seconds_per_call(lambda: net(x).argmax(1), steps, dev)
     parts /= steps
     return dict(model=model, loss=loss, device=str(dev), amp=amp, size=size, batch_size=batch_size, n_classes=n_classes,
                 train_img_per_s=batch_size / train_s, eval_img_per_s=batch_size / eval_s, step_ms=1000 * parts.sum(),
                 loss_ms=1000 * parts[1:3].sum(), loss_share=parts[1:3].sum() / parts.sum(), peak_mem_mib=peak_memory_mib(dev))
-
-def _seconds_per_call(fn, steps, now) -> float:
-    fn(); t0 = now()
-    for _ in range(steps): fn()
-    return (now() - t0) / steps
 
 # %% ../nbs/06_bench.ipynb #fae79fed
 def speed_table(models=None, losses=("ce", "pat"), **kw):

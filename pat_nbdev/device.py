@@ -18,9 +18,9 @@ def resolve_device(device:str="auto", local_rank:int=0) -> torch.device:
     "The torch device for `device` (\"auto\": this process's GPU if there is one, else the CPU)."
     if device == "auto": device = "cuda" if torch.cuda.is_available() else "cpu"
     try: dev = torch.device(device)
-    except RuntimeError as e: raise ValueError(f"--device {device!r}: not a device ({e}); use auto, cpu, cuda or cuda:N") from None
+    except RuntimeError: raise ValueError(f"unknown --device {device!r}; expected auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is available on this machine; use --device cpu (or auto)")
+        raise ValueError(f"--device {device}: no CUDA device is available (torch.cuda.is_available() is False); use --device cpu")
     return torch.device("cuda", local_rank) if dev.type == "cuda" and dev.index is None else dev
 
 # %% ../nbs/04a_device.ipynb #fdb07035

@@ -331,7 +331,8 @@ def reproduce_parser() -> argparse.ArgumentParser:
     p.add_argument('--jobs', type=_positive, default=os.cpu_count() or 1,
                    help='runs at once on a CPU, the cores split between them (each run its own process)')
     p.add_argument('--devices', type=lambda s: [d for d in s.split(',') if d], help='GPUs to place runs on, e.g. 0,1 (one visible device per run)')
-    p.add_argument('--runs-per-device', type=_positive, default=1, help='runs at once on each GPU of --devices')
+    p.add_argument('--runs-per-device', type=_positive, default=3,
+                   help='runs at once on each GPU of --devices (3: what the cost model, 06a_cost, fits on an 80 GiB H100 with 16 cores)')
     p.add_argument('--cache', help='folder for decoded-image caches of real datasets (default: OUT/cache)')
     p.add_argument('--engine', choices=('papermill', 'inprocess'), default='papermill')
     p.add_argument('--skip', nargs='*', choices=('theory', 'bench', 'runs', 'report'), default=[], help='steps to leave out')

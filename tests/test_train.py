@@ -86,24 +86,52 @@ def test_resume_is_bit_for_bit(reference, tmp_path):
     assert_same_state(load(out, "best.pt")["model"], load(ref_out, "best.pt")["model"])
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()): assert_same_state(sa, sb)
 
-def test_nonfinite_loss_stops_and_keeps_checkpoint(reference, tmp_path, monkeypatch):
-    "A loss that turns NaN at epoch 2, step 2 stops the run there; the epoch-1 checkpoint survives and resumes to the same end."
-    real_get_loss, calls = T.get_loss, []
-    class NaNAt(torch.nn.Module):
-        def __init__(self, inner): super().__init__(); self.inner = inner
+def patch_loss(monkeypatch, at:int, effect):
+    "Route the `at`-th training-step loss (1-based, per run) through `effect(loss)`; other calls are untouched."
+    from pat_nbdev.losses import get_loss as real
+    class At(torch.nn.Module):
+        def __init__(self, inner): super().__init__(); self.inner, self.calls = inner, 0
         def forward(self, logits, target):
             loss = self.inner(logits, target)
-            if logits.requires_grad: calls.append(1)  # training steps only (not the build-time probe)
-            return loss * float("nan") if len(calls) == 4 + 2 else loss
-    monkeypatch.setattr(T, "get_loss", lambda name, **kw: NaNAt(real_get_loss(name, **kw)))
+            if logits.requires_grad: self.calls += 1  # training steps only (not probes on constant logits)
+            return effect(loss) if self.calls == at else loss
+    monkeypatch.setattr(T, "get_loss", lambda name, **kw: At(real(name, **kw)))
+
+def nan(loss): return loss * float("nan")
+
+def ctrl_c(loss): raise KeyboardInterrupt
+
+def test_nonfinite_loss_stops_and_keeps_checkpoint(reference, tmp_path, monkeypatch):
+    "A loss that turns NaN at epoch 2, step 2 stops the run there; the epoch-1 checkpoint survives and resumes to the same end."
+    patch_loss(monkeypatch, 4 + 2, nan)
     out = tmp_path/"run"
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 2 of 4.*last good checkpoint.*epoch 1"):
         run(out)
     assert load(out)["epoch"] == 1 and len(history(out)) == 1 and not (out/"metrics.json").exists()
-    monkeypatch.setattr(T, "get_loss", real_get_loss)
+    monkeypatch.undo()
     res = run(out)  # killed mid-epoch 2 and restarted: same end as the uninterrupted run
     assert {k: res[k] for k in SCORES} == {k: reference[1][k] for k in SCORES}
     assert_same_state(load(out)["model"], load(reference[0])["model"])
+
+def test_exploding_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
+    "A finite but exploding loss (1e12 x its size) is divergence too: stopped at that step, last.pt of epoch 1 kept."
+    patch_loss(monkeypatch, 4 + 2, lambda loss: loss * 1e12)
+    out = tmp_path/"run"
+    with pytest.raises(NonFiniteLossError, match=r"diverged at epoch 2, step 2 of 4.*last good checkpoint.*epoch 1.*--lr"):
+        run(out, epochs=2)
+    assert load(out)["epoch"] == 1 and len(history(out)) == 1
+
+def test_nonfinite_weights_are_not_checkpointed(tmp_path, monkeypatch):
+    "Weights that turn NaN in an epoch whose losses were all finite stop the run before that epoch's checkpoint."
+    real = T.Trainer.train_epoch
+    def poisoned(self, epoch):
+        row = real(self, epoch)
+        if epoch == 2: next(self.net.parameters()).data.fill_(float("nan"))
+        return row
+    monkeypatch.setattr(T.Trainer, "train_epoch", poisoned)
+    out = tmp_path/"run"
+    with pytest.raises(NonFiniteLossError, match=r"end of epoch 2: non-finite weights.*last good checkpoint.*epoch 1"): run(out)
+    assert load(out)["epoch"] == 1 and all(torch.isfinite(v).all() for v in load(out)["model"].values())
 
 def test_deterministic_for_a_seed(reference, tmp_path):
     ref_out, ref = reference
@@ -156,3 +184,126 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert len(history(out)) == 2 and math.isfinite(m["test"]["miou"])
     assert p.stdout.count("test mIoU") == 1  # only rank 0 reports
     assert not list(out.glob(".*.tmp"))
+
+# -- user-facing errors of `pat-train`: one line on stderr, no traceback, a non-zero exit status --------------------------
+def cli(out, *extra):
+    "`pat-train` arguments giving the config of `run(out)` (with 2 epochs)."
+    return ["--dataset", "synthetic", "--model", "segnet", "--loss", "pat", "--epochs", "2", "--batch-size", "4", "--no-progress",
+            "--size", "32", "--n-classes", "4", "--data-kw", "n_images=16", "--model-kw", "width=4", "--out", str(out), *extra]
+
+def fails(argv, capsys, code=1) -> str:
+    "Run `main(argv)`: it must exit with `code` and one line on stderr, no traceback; that line."
+    try: main(argv)
+    except SystemExit as e: status = e.code
+    except KeyboardInterrupt: pytest.fail("KeyboardInterrupt escaped main")
+    else: pytest.fail("main returned")
+    err = capsys.readouterr().err.strip()
+    assert status == code and len(err.splitlines()) == 1 and "Traceback" not in err and "usage:" not in err, (status, err)
+    return err
+
+def test_resume_with_paths_written_differently(tmp_path, monkeypatch):
+    "`--out run/ --root nyu/` and the same folders written absolute are the same run: it resumes."
+    from pat_nbdev.data import write_nyuv2_like
+    monkeypatch.chdir(tmp_path)
+    write_nyuv2_like(tmp_path/"nyu", n={"train": 16, "val": 4}, size=(32, 32))
+    kw = {**TINY, "dataset": "nyuv2", "data_kw": dict(size=32), "epochs": 2}
+    train(TrainConfig(**kw, root="nyu/", out="run/", stop_after_epochs=1))
+    assert json.loads((tmp_path/"run"/"config.json").read_text())["root"] == str((tmp_path/"nyu").resolve())
+    res = train(TrainConfig(**kw, root=str(tmp_path/"nyu"), out=str(tmp_path/"run")))
+    assert res["run"]["resumed_from_epoch"] == 1
+
+def test_overwrite_keeps_the_old_run_until_the_first_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path/"run"
+    run(out, epochs=1)
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+    patch_loss(monkeypatch, 2, nan)  # the replacing run fails in epoch 1: the old run must come back, byte for byte
+    with pytest.raises(NonFiniteLossError): run(out, epochs=1, loss="ce", overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old
+    patch_loss(monkeypatch, 4 + 2, nan)  # fails in epoch 2, after its first checkpoint: the old run is gone for good
+    with pytest.raises(NonFiniteLossError): run(out, epochs=2, loss="ce", overwrite=True)
+    assert json.loads((out/"config.json").read_text())["loss"] == "ce" and load(out)["epoch"] == 1
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "history.csv", "last.pt"]  # no .replaced-* left
+
+def test_lr_1e9_diverges_with_one_line(tmp_path):
+    "The real `pat-train` command: exit status 1, one line naming epoch, step and --lr; no folder left behind."
+    out = tmp_path/"run"
+    p = subprocess.run([str(Path(sys.executable).parent/"pat-train"), *cli(out, "--lr", "1e9")], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    err = p.stderr.strip()
+    assert p.returncode == 1 and len(err.splitlines()) == 1 and "Traceback" not in err, (p.returncode, err)
+    assert "diverged at epoch 1, step" in err and "--lr" in err and not out.exists()
+
+def test_nonfinite_logits_one_line(tmp_path, monkeypatch, capsys):
+    real = T.get_model
+    class NaNAt2(torch.nn.Module):
+        def __init__(self, inner): super().__init__(); self.inner, self.calls = inner, 0
+        def forward(self, x):
+            self.calls += self.training
+            return self.inner(x) * (float("nan") if self.calls == 2 and self.training else 1)
+    monkeypatch.setattr(T, "get_model", lambda *a, **kw: NaNAt2(real(*a, **kw)))
+    err = fails(cli(tmp_path/"run"), capsys)
+    assert "non-finite logits" in err and "epoch 1, step 2" in err and not (tmp_path/"run").exists()
+
+@pytest.mark.parametrize("layout", ["missing", "incomplete"])
+def test_bad_root_one_line(tmp_path, capsys, layout):
+    root = tmp_path/"camvid" if layout == "incomplete" else Path("/nonexistent")
+    if layout == "incomplete": (root/"train").mkdir(parents=True)
+    err = fails(["--dataset", "camvid", "--root", str(root), "--out", str(tmp_path/"run")], capsys, code=2)
+    assert f"--root {root}" in err and "camvid" in err and "pat-data check" in err and not (tmp_path/"run").exists()
+
+def test_out_is_a_file(tmp_path, capsys):
+    f = tmp_path/"notes.txt"; f.write_text("mine")
+    err = fails(cli(f), capsys)
+    assert str(f) in err and "is a file" in err and f.read_text() == "mine"
+
+@pytest.mark.parametrize("where", ["proc", "read-only folder"])
+def test_unwritable_out(tmp_path, capsys, where):
+    if where == "proc": out = Path("/proc/pat-train-test/run")
+    else:
+        if os.geteuid() == 0: pytest.skip("root writes into a 0o500 folder")
+        (tmp_path/"ro").mkdir(); (tmp_path/"ro").chmod(0o500); out = tmp_path/"ro"/"run"
+    err = fails(cli(out), capsys)
+    assert str(out) in err and "cannot write" in err and not out.exists()
+
+def test_corrupt_checkpoint_one_line(tmp_path, capsys):
+    out = tmp_path/"run"
+    main(cli(out, "--stop-after-epochs", "1"))
+    (out/"last.pt").write_bytes(b"not a checkpoint " * 8)
+    err = fails(cli(out), capsys)
+    assert str(out/"last.pt") in err and "--overwrite" in err
+    main(cli(out, "--overwrite"))
+    assert (out/"metrics.json").exists() and load(out)["epoch"] == 2
+
+def test_corrupt_config_one_line(tmp_path, capsys):
+    out = tmp_path/"run"; out.mkdir()
+    (out/"config.json").write_text('{\n  "dataset": "synth')  # truncated
+    err = fails(cli(out), capsys)
+    assert str(out/"config.json") in err and "--overwrite" in err
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_cuda_without_gpu_one_line(tmp_path, capsys):
+    err = fails(cli(tmp_path/"run", "--device", "cuda"), capsys, code=2)
+    assert "no CUDA device" in err and "--device cpu" in err and not (tmp_path/"run").exists()
+
+def test_unknown_data_kw_one_line(tmp_path, capsys):
+    err = fails(cli(tmp_path/"run", "--data-kw", "colour=red"), capsys, code=2)
+    assert "colour" in err and all(k in err for k in ("n_classes", "size", "seed", "n_images"))
+
+def test_ctrl_c_one_line_and_resume(tmp_path, monkeypatch, capsys):
+    out = tmp_path/"run"
+    patch_loss(monkeypatch, 4 + 2, ctrl_c)  # Ctrl-C in epoch 2
+    err = fails(cli(out), capsys, code=130)
+    assert "run the same command again" in err and load(out)["epoch"] == 1
+    monkeypatch.undo()
+    main(cli(out))
+    assert json.loads((out/"metrics.json").read_text())["run"]["resumed_from_epoch"] == 1
+
+def test_failed_start_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    "A run that fails before its first checkpoint removes the folders it made, and only what it wrote into an existing one."
+    patch_loss(monkeypatch, 2, ctrl_c)
+    fails(cli(tmp_path/"a"/"b"/"run"), capsys, code=130)
+    assert not (tmp_path/"a").exists()
+    keep = tmp_path/"keep"; keep.mkdir(); (keep/"run.log").write_text("log")
+    with pytest.raises(NonFiniteLossError):
+        patch_loss(monkeypatch, 2, nan); run(keep, epochs=1)
+    assert [p.name for p in keep.iterdir()] == ["run.log"]
