@@ -20,7 +20,8 @@ from .losses import get_loss, LOSS_NAMES, VARIANTS
 from .reference import AUTHORS_LOSSES, onehot  # the authors' code, transcribed (02a_reference)
 from .data import get_dataset
 from .models import get_model, MODEL_NAMES
-from .train import default_preset, image_size
+from .train import default_preset
+from .cli import image_size
 from .device import resolve_device, reset_peak_memory, peak_memory_mib, autocast_dtype, needs_grad_scaler, now, seconds_per_call
 
 # %% ../nbs/06_bench.ipynb #b73421b9

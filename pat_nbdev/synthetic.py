@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from fastcore.basics import patch
-from .data import IGNORE_INDEX, SPLITS, as_size, check_choice, distinct_palette, normalize_hwc
+from .conventions import IGNORE_INDEX, SPLITS, as_size, check_choice, distinct_palette, normalize_hwc
 
 # %% auto #0
 __all__ = ['SHAPES', 'TEXTURES', 'SYNTHETIC_PRESETS', 'SYNTHETIC_SIZES', 'long_tail_shares', 'synthetic_classes', 'draw_sample',

@@ -1,6 +1,6 @@
 """Datasets: real loaders on the shared samples, NYUv2 on files written in its release format, splits,
 the synthetic long-tailed set, class statistics, bad input and the `pat-data` command."""
-import hashlib, shutil, time
+import hashlib, shutil, subprocess, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +11,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from cityscapesscripts.helpers.labels import id2label
 
-import pat_nbdev.data as data
-from pat_nbdev.data import (IMAGENET_MEAN, IMAGENET_STD, Cityscapes, NYUv2, OxfordPet, check_dataset, class_groups,
-                            class_pixel_counts, class_presence, get_dataset, main, per_image_class_counts, seeded_order,
-                            split_indices)
+import pat_nbdev.datacli as datacli
+from pat_nbdev.conventions import IMAGENET_MEAN, IMAGENET_STD
+from pat_nbdev.data import (Cityscapes, NYUv2, OxfordPet, class_groups, class_pixel_counts, class_presence, get_dataset,
+                            per_image_class_counts, seeded_order, split_indices)
+from pat_nbdev.datacli import check_dataset, main
 from pat_nbdev.synthetic import SyntheticLongTail
 
 
@@ -233,7 +234,7 @@ def test_cli_download_and_usage_errors(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "usage: pat-data download" in err and "cityscapes-dataset.com" in err and "Traceback" not in err
     assert main(["download", "nyuv2", str(tmp_path)]) == 1 and "train/image/0.npy" in capsys.readouterr().err
-    monkeypatch.setattr(data, "online", lambda host, port=443, timeout=3.0: False)
+    monkeypatch.setattr(datacli, "online", lambda host, port=443, timeout=3.0: False)
     t = time.perf_counter()
     assert main(["download", "oxford_pet", str(tmp_path)]) == 1
     assert time.perf_counter() - t < 2 and "cannot reach www.robots.ox.ac.uk" in capsys.readouterr().err
@@ -243,7 +244,7 @@ def test_cli_download_and_usage_errors(tmp_path, capsys, monkeypatch):
 
 def test_online_fails_fast():
     t = time.perf_counter()
-    assert data.online("nonexistent.invalid", timeout=1.0) is False
+    assert datacli.online("nonexistent.invalid", timeout=1.0) is False
     assert time.perf_counter() - t < 2
 
 def test_cli_stats(capsys):
@@ -288,3 +289,17 @@ def test_synthetic_long_tail(n_classes):
     tail = class_groups(per_image.sum(0))["tail"]
     assert tail and presence[tail].mean() < 0.5
     assert share[1:].diff().lt(0).double().mean() > 0.7     # shares mostly fall with the class index
+
+
+# ---------------------------------------------------------------- module layout
+
+def test_modules_import_without_a_circle():
+    "conventions <- synthetic <- data <- datacli: each imports only the ones before it."
+    code = ("import sys; import pat_nbdev.synthetic; assert 'pat_nbdev.data' not in sys.modules; "
+            "import pat_nbdev.data; assert 'pat_nbdev.datacli' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+def test_data_reexports_the_conventions():
+    import pat_nbdev.conventions as conventions, pat_nbdev.data as data
+    assert set(conventions.__all__) <= set(data.__all__)
+    assert all(getattr(data, n) is getattr(conventions, n) for n in conventions.__all__)

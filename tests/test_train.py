@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 import pat_nbdev.train as T
-from pat_nbdev.train import TrainConfig, train, main, NonFiniteLossError
+from pat_nbdev.train import TrainConfig, train, NonFiniteLossError
+from pat_nbdev.cli import main, build_parser, config_from_args
 from pat_nbdev.checkpoint import RunFolderError
 from pat_nbdev.data import get_dataset
 from pat_nbdev.models import get_model
@@ -165,15 +166,15 @@ def test_bad_hyper_parameter_is_a_usage_error(tmp_path, capsys):
     assert e.value.code == 2 and "tau" in capsys.readouterr().err
 
 def test_cli_maps_flags_to_config():
-    a = T.build_parser().parse_args("--loss pat --tau 0.5 --alpha 3 --normalize mask --variant original --detach-beta "
+    a = build_parser().parse_args("--loss pat --tau 0.5 --alpha 3 --normalize mask --variant original --detach-beta "
                                     "--loss-kw extra=[1,2] --preset small --model-kw width=8 --size 64x32 --n-classes 3 --no-amp".split())
-    cfg = T.config_from_args(a)
+    cfg = config_from_args(a)
     assert cfg.loss_kw == dict(tau=0.5, alpha=3.0, normalize="mask", variant="original", detach_beta=True, extra=[1, 2])
     assert cfg.model_kw == dict(preset="small", width=8) and cfg.data_kw == dict(size=(64, 32), n_classes=3) and cfg.amp is False
 
 def test_torchrun_two_processes_gloo(tmp_path):
     out = tmp_path/"ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pat_nbdev.train",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pat_nbdev.cli",
            "--dataset", "synthetic", "--model", "segnet", "--loss", "pat", "--epochs", "2", "--batch-size", "4", "--device", "cpu",
            "--size", "32", "--n-classes", "4", "--data-kw", "n_images=16", "--model-kw", "width=4", "--out", str(out), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
