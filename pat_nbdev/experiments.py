@@ -263,7 +263,7 @@ def results_table(df:pd.DataFrame, table:int, metrics=('miou', 'pix_acc', 'dice_
     keep = df[[(d, m, t) in runs for d, m, t in zip(df.data_key, df.model, df.method)]].rename(columns={'loss': 'loss_name', 'method': 'loss'})
     index = {1: ['loss'], 2: ['model', 'loss'], 3: ['model', 'tau']}[table]
     order = {l: i for i, l in enumerate([*LOSS_NAMES, *extra])}
-    out = keep.pivot_table(index=index, columns='data_key', values=list(metrics), aggfunc=stat)
+    out = keep.pivot_table(index=index, columns='data_key', values=list(metrics), aggfunc=stat, dropna=False)
     out = out.swaplevel(0, 1, axis=1).sort_index(axis=1, level=0, sort_remaining=False)
     keys = sorted(keep.data_key.unique(), key=lambda k: (re.sub(r'\d+', '', k), int(re.sub(r'\D', '', k) or 0)))  # synthetic3 < synthetic14
     return out.reindex(columns=[(d, m) for d in keys for m in metrics if (d, m) in out.columns]).sort_index(

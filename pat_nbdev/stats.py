@@ -23,7 +23,8 @@ LOWER_IS_BETTER = ('dice_err', 'ce')
 def mean_std_cells(mean:pd.DataFrame, std:pd.DataFrame|None=None, digits:int=1, bold_best:bool=True) -> pd.DataFrame:
     "`mean ± std` strings (same shape as `mean`), with the best value of each column in Markdown bold."
     def fmt(m, s): return '' if pd.isna(m) else f"{m:.{digits}f}" + ('' if s is None or pd.isna(s) else f" ± {s:.{digits}f}")
-    out = pd.DataFrame({c: [fmt(m, None if std is None else std[c].iloc[i]) for i, m in enumerate(mean[c])] for c in mean.columns}, index=mean.index)
+    sd = lambda c, i: None if std is None or c not in std.columns else std[c].iloc[i]
+    out = pd.DataFrame({c: [fmt(m, sd(c, i)) for i, m in enumerate(mean[c])] for c in mean.columns}, index=mean.index)
     if bold_best:
         for c in mean.columns:
             col = mean[c].round(digits)
