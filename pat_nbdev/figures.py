@@ -87,7 +87,8 @@ def plot_examples(df:pd.DataFrame, data_key:str, methods:list|None=None, seed:in
     pal = distinct_palette(test.n_classes) if pal is None else pal
     items = [test[i] for i in idx]
     h, w = items[0][1].shape
-    fig, axes = plt.subplots(len(idx), 2 + len(methods), figsize=((2 + len(methods)) * 1.6 * w / h, len(idx) * 1.6 + 0.6), squeeze=False)
+    col = min(1.6 * w / h, 13 / (2 + len(methods)))  # inches per panel: at most 13 in wide in all, shown at display resolution
+    fig, axes = plt.subplots(len(idx), 2 + len(methods), figsize=((2 + len(methods)) * col, len(idx) * col * h / w + 0.6), squeeze=False)
     for r, (x, y) in enumerate(items):
         panels = [denormalize(x), colourize(y, pal, test.ignore_index)] + [colourize(torch.from_numpy(preds[m]['pred'][r].astype(np.int64)), pal) for m in methods]
         for c, img in enumerate(panels):
@@ -96,7 +97,7 @@ def plot_examples(df:pd.DataFrame, data_key:str, methods:list|None=None, seed:in
     for c, t in enumerate(['image', 'label'] + methods): axes[0, c].set_title(t, fontsize=8)
     fig.legend([Patch(color=pal[c] / 255) for c in range(test.n_classes)], list(test.class_names), loc='lower center',
                ncol=min(test.n_classes, 11), fontsize=6, frameon=False)
-    fig.subplots_adjust(wspace=0.03, hspace=0.05, bottom=0.6 / (len(idx) * 1.6 + 0.6) + 0.02)
+    fig.subplots_adjust(wspace=0.03, hspace=0.05, bottom=0.6 / (len(idx) * col * h / w + 0.6) + 0.02)
     return fig
 
 # %% ../nbs/07c_figures.ipynb #d03901a9

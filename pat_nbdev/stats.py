@@ -69,6 +69,8 @@ def paired_comparison(df:pd.DataFrame, reference:str='pat', metrics=('miou', 'mi
 def verdict_sentence(row, metric:str='miou', reference:str='PAT') -> str:
     "One sentence for a row of `paired_comparison`."
     d, lo, hi, v = (row[f'{metric} {k}'] for k in ('diff', 'low', 'high', 'verdict'))
-    span = '' if np.isnan(lo) else f" (95 % t interval {lo:+.1f} to {hi:+.1f}, {row['seeds']} seeds)"
-    word = {'gain': 'ahead of', 'loss': 'behind', 'within the spread': 'within the spread of'}.get(v, 'compared with')
-    return f"{row['data_key']}, {row['model']}: {reference} is {word} {row['baseline']} by {d:+.1f} points of {metric}{span}."
+    name = {'miou': 'mIoU', 'miou_tail': 'tail mIoU'}.get(metric, metric)
+    if np.isnan(lo): return f"{row['data_key']}, {row['model']}: {reference} minus {row['baseline']} = {d:+.1f} points of {name} ({row['seeds']} seed: no interval, no verdict)."
+    word = {'gain': 'ahead of', 'loss': 'behind', 'within the spread': 'within the spread of'}[v]
+    return (f"{row['data_key']}, {row['model']}: {reference} is {word} {row['baseline']} on {name}: {d:+.1f} points "
+            f"(95 % t interval {lo:+.1f} to {hi:+.1f}, {row['seeds']} seeds).")
