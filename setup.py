@@ -20,7 +20,7 @@ lic_name, lic_classifier = lic
 
 # What `pat-reproduce` executes or reads besides the modules: one source in the repository, copied into the wheel.
 PACKAGED = {'notebooks': ['nbs/experiments/train_run.ipynb', 'nbs/experiments/report.ipynb', 'nbs/03_theory.ipynb'],
-            'paper': sorted(str(p) for p in Path('data/paper').glob('*.csv'))}
+            'paper': sorted(str(p) for p in (Path(__file__).parent / 'data' / 'paper').glob('*.csv'))}
 
 class BuildWithNotebooks(build_py):
     "build_py that also copies `PACKAGED` into the built package (pat_nbdev/notebooks/, pat_nbdev/paper/)."

@@ -7,6 +7,7 @@ __all__ = ['SHORTCUTS', 'FIELD_TYPES', 'key_value', 'image_size', 'loss_choice',
 
 # %% ../nbs/05b_cli.ipynb #d86d2c6b
 import os, sys, ast, argparse, typing
+import torch
 from dataclasses import fields
 from fastcore.docments import docments
 from .losses import LOSS_NAMES, resolve_loss
@@ -85,6 +86,7 @@ def main(argv=None):
     except KeyboardInterrupt as e: p.exit(130, f"pat-train: {str(e) or 'interrupted before training started; run the same command again'}\n")
     except ValueError as e: p.exit(2, f"pat-train: error: {e}\n")  # a bad option or input: fix the command
     except (PatTrainError, OSError) as e: p.exit(1, f"pat-train: error: {e}\n")  # the run cannot go on: the message says why
+    except torch.OutOfMemoryError: p.exit(1, f"pat-train: error: out of GPU memory; lower --batch-size (now {a.batch_size}), train on crops (--crop), or use a smaller model preset; run the same command to resume\n")
     if int(os.environ.get("RANK", "0")): return
     if "stopped_at_epoch" in res: print(f"stopped after epoch {res['stopped_at_epoch']}; run the same command to resume")
     else: print(f"{a.out}: test mIoU {res['test']['miou']:.2f}, pix acc {res['test']['pix_acc']:.2f}, best epoch {res['best_epoch']}, "

@@ -95,6 +95,7 @@ class SegDataset(Dataset):
     "Image/label file pairs of one split, resized and normalised: the common part of the real loaders."
     name, class_names, palette, expected, lut = 'dataset', (), None, '', label_lut({})
     ignore_index, official = IGNORE_INDEX, ('train', 'test')
+    cacheable = True  # `raw_pair` gives uint8 images: the decoded-image cache (00b_views) can store them
     def __init__(self, root, split='train', size=None, splits='paper', seed=0, strict=True):
         self.root, self.split, self.size, self.seed = Path(root), check_choice(split, SPLITS, 'split'), as_size(size), seed
         self.splits = check_choice(splits, ('paper', 'official'), 'splits')
@@ -252,7 +253,7 @@ def decode_rgb_array(a:np.ndarray, size) -> torch.Tensor:
 # %% ../nbs/00_data.ipynb #8746fe18
 class NYUv2(SegDataset):
     "NYUv2, preprocessed `.npy` release (`<split>/image/N.npy`, `<split>/label/N.npy`); 13 classes + void (index 13)."
-    name = 'nyuv2'
+    name, cacheable = 'nyuv2', False  # float .npy images: nothing to gain from a uint8 cache
     def __init__(self, root, # folder holding `train/`, `val/` (and optionally `test/`)
                  split='train', size=(288, 384), splits='paper', seed=0,
                  void_class=True, # void (-1 or 255) -> class 13 (14 classes, as the authors count); False: -> ignore_index

@@ -21,6 +21,8 @@ def resolve_device(device:str="auto", local_rank:int=0) -> torch.device:
     except RuntimeError: raise ValueError(f"unknown --device {device!r}; expected auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: no CUDA device is available (torch.cuda.is_available() is False); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
     return torch.device("cuda", local_rank) if dev.type == "cuda" and dev.index is None else dev
 
 # %% ../nbs/04a_device.ipynb #fdb07035

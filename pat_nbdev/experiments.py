@@ -251,6 +251,7 @@ def collect_runs(out_root, warn=print) -> pd.DataFrame:
     "One row per finished run under `out_root` (any depth), from its `metrics.json`; unreadable ones are skipped and named."
     rows = []
     for path in sorted(Path(out_root).rglob('metrics.json')):
+        if any(part.startswith('.') for part in path.relative_to(out_root).parts): continue  # e.g. an old run set aside by --overwrite
         try: rows.append(_run_row(path))
         except (OSError, ValueError, KeyError, TypeError) as e: warn(f"skipped {path}: unreadable ({type(e).__name__}: {e})")
     return pd.DataFrame(rows)
@@ -305,6 +306,10 @@ def _root(s:str) -> tuple:
     if '=' not in s: raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {s!r}")
     k, v = s.split('=', 1); return k, v
 
+def _has_gpu() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
 def _positive(s:str) -> int:
     try: v = int(s)
     except ValueError: v = 0
@@ -328,8 +333,8 @@ def reproduce_parser() -> argparse.ArgumentParser:
     p.add_argument('--extra-loss', type=_extra_loss, action='append', default=[], metavar='[NAME=]MODULE:CLASS',
                    help='your own loss (an importable nn.Module class), run and reported like the built-in ones')
     p.add_argument('--seeds', type=_positive, help='run every configuration with seeds 0..N-1 (default: the preset\'s)')
-    p.add_argument('--jobs', type=_positive, default=os.cpu_count() or 1,
-                   help='runs at once on a CPU, the cores split between them (each run its own process)')
+    p.add_argument('--jobs', type=_positive,
+                   help='runs at once on a CPU, the cores split between them (each run its own process); default: one per core, or 1 on a GPU without --devices')
     p.add_argument('--devices', type=lambda s: [d for d in s.split(',') if d], help='GPUs to place runs on, e.g. 0,1 (one visible device per run)')
     p.add_argument('--runs-per-device', type=_positive, default=3,
                    help='runs at once on each GPU of --devices (3: what the cost model, 06a_cost, fits on an 80 GiB H100 with 16 cores)')
@@ -355,7 +360,7 @@ def main(argv=None):
     "`pat-reproduce`: runs, report, theory figures and the loss benchmark under `--out`."
     from pat_nbdev.launch import launcher_from_args, launch_batch, launch_status, sbatch_script
     p = reproduce_parser(); a = p.parse_args(argv)
-    preset, out, roots = PRESETS[a.preset], Path(a.out).resolve(), dict(a.root)
+    preset, out, roots = PRESETS[a.preset], Path(a.out).resolve(), {k: str(Path(v).resolve()) for k, v in a.root}  # runs start in their own folders
     try: launch = launcher_from_args(a, out, argv)  # None: no --launcher, the runs stay on this machine (run_batch)
     except ValueError as e: p.error(str(e))
     seeds = a.seeds or preset.seeds
@@ -372,7 +377,8 @@ def main(argv=None):
         for c in configs: print('  ', Path(c['out']).relative_to(out / 'runs'))
         if launch and a.launcher == 'slurm': print(sbatch_script(launch['executor'], len(configs), launch['max_parallel']))
         return 0
-    slots = job_slots(a.jobs, a.devices, a.runs_per_device) if a.devices or a.jobs > 1 else None
+    jobs = a.jobs or (1 if _has_gpu() and not a.devices else os.cpu_count() or 1)  # GPU without --devices: one run at a time on it
+    slots = job_slots(jobs, a.devices, a.runs_per_device) if a.devices or jobs > 1 else None
     log = {}
     skip = set(a.skip) | ({'theory', 'runs', 'bench'} if a.report_only else set()) | ({'theory', 'report', 'bench'} if a.detach else set())
     if 'theory' not in skip:

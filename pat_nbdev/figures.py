@@ -14,8 +14,8 @@ from matplotlib.patches import Patch
 from .data import get_dataset, distinct_palette, colourize, denormalize, plot_class_imbalance, per_image_class_counts, class_groups, GROUP_COLOURS
 
 # %% auto #0
-__all__ = ['caption', 'run_dataset', 'plot_imbalance', 'per_class_iou', 'plot_iou_heatmap', 'plot_examples', 'val_curves',
-           'plot_val_curves']
+__all__ = ['caption', 'run_dataset', 'plot_imbalance', 'select_runs', 'per_class_iou', 'plot_iou_heatmap', 'plot_examples',
+           'val_curves', 'plot_val_curves']
 
 # %% ../nbs/07c_figures.ipynb #2ddf7e95
 def caption(df:pd.DataFrame, data_key:str|None=None) -> str:
@@ -34,7 +34,7 @@ def run_dataset(run_dir, split:str='train'):
     "Split `split` of the dataset a run trained on, opened from its `config.json` (through its decoded-image cache when it had one)."
     cfg = json.loads((Path(run_dir) / 'config.json').read_text())
     ds = get_dataset(cfg['dataset'], cfg.get('root'), split, **cfg.get('data_kw', {}))
-    if cfg.get('cache') and hasattr(ds, 'raw_pair'):
+    if cfg.get('cache') and getattr(ds, 'cacheable', False):
         from pat_nbdev.views import DecodedCache
         ds = DecodedCache(ds, cfg['cache'], progress=False)
     return ds
@@ -51,18 +51,23 @@ def plot_imbalance(df:pd.DataFrame) -> plt.Figure:
     return fig
 
 # %% ../nbs/07c_figures.ipynb #49196e14
-def per_class_iou(df:pd.DataFrame, data_key:str) -> pd.DataFrame:
-    "Mean test IoU (%) over seeds: one row per method, one column per class, classes by training pixel count (most first)."
+def select_runs(df:pd.DataFrame, data_key:str, model:str|None=None) -> pd.DataFrame:
+    "The runs of `data_key` (and `model`; None: the first model of that dataset, so that one figure never mixes models)."
     g = df[df.data_key == data_key]
+    return g[g.model == (model or g.model.iloc[0])]
+
+def per_class_iou(df:pd.DataFrame, data_key:str, model:str|None=None) -> pd.DataFrame:
+    "Mean test IoU (%) over seeds: one row per method, one column per class, classes by training pixel count (most first)."
+    g = select_runs(df, data_key, model)
     classes, counts = g.classes.iloc[0], np.asarray(g.class_pixel_counts.iloc[0], dtype=float)
     iou = pd.DataFrame([100 * np.asarray(v, dtype=float) for v in g.iou_per_class], columns=classes, index=g.method)
     order = [classes[c] for c in sorted(range(len(classes)), key=lambda c: (-counts[c], c))]
     return iou.groupby(level=0, sort=False).mean()[order]
 
-def plot_iou_heatmap(df:pd.DataFrame, data_key:str, ax=None) -> plt.Axes:
+def plot_iou_heatmap(df:pd.DataFrame, data_key:str, model:str|None=None, ax=None) -> plt.Axes:
     "Heatmap of `per_class_iou`, each cell annotated, each class's group (head/body/tail) marked by the colour of its label."
-    iou = per_class_iou(df, data_key)
-    g = df[df.data_key == data_key].iloc[0]
+    iou = per_class_iou(df, data_key, model)
+    g = select_runs(df, data_key, model).iloc[0]
     group = {g.classes[c]: name for name, cs in class_groups(g.class_pixel_counts).items() for c in cs}
     ax = ax or plt.subplots(figsize=(1.2 + 0.55 * iou.shape[1], 0.9 + 0.32 * iou.shape[0]))[1]
     im = ax.imshow(iou.values, cmap='viridis', vmin=0, vmax=100, aspect='auto')
@@ -72,15 +77,19 @@ def plot_iou_heatmap(df:pd.DataFrame, data_key:str, ax=None) -> plt.Axes:
     ax.set_xticks(range(iou.shape[1]), iou.columns, rotation=60, ha='right', fontsize=8)
     for t in ax.get_xticklabels(): t.set_color(GROUP_COLOURS[group[t.get_text()]])
     ax.figure.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label='test IoU (%)')
-    ax.set_title(f"{data_key}: per-class test IoU, mean over seeds (class labels coloured head/body/tail)", fontsize=9)
+    ax.set_title(f"{data_key}, {g.model}: per-class test IoU, mean over seeds (class labels coloured head/body/tail)", fontsize=9)
     return ax
 
 # %% ../nbs/07c_figures.ipynb #2cdd8b5f
-def plot_examples(df:pd.DataFrame, data_key:str, methods:list|None=None, seed:int=0, n:int|None=None) -> plt.Figure:
-    "Rows: the runs' example test images; columns: image, label, then each method's predicted class map (seed `seed`)."
-    g = df[(df.data_key == data_key) & (df.seed == seed)].drop_duplicates('method').set_index('method')
+def plot_examples(df:pd.DataFrame, data_key:str, methods:list|None=None, seed:int=0, n:int|None=None, model:str|None=None) -> plt.Figure|None:
+    "Rows: the runs' example test images; columns: image, label, then each method's predicted class map (seed `seed`); None without any."
+    g = select_runs(df, data_key, model)
+    g = g[g.seed == seed].drop_duplicates('method').set_index('method')
     methods = [m for m in (methods or list(g.index)) if m in g.index and (Path(g.run_dir[m]) / 'examples.npz').exists()]
-    preds = {m: np.load(Path(g.run_dir[m]) / 'examples.npz') for m in methods}
+    if not methods: print(f"{data_key}: no seed-{seed} run kept example predictions (examples.npz): no figure"); return None
+    preds = {}
+    for m in methods:
+        with np.load(Path(g.run_dir[m]) / 'examples.npz') as f: preds[m] = dict(index=f['index'], pred=f['pred'])
     idx = list(preds[methods[0]]['index'])[:n]
     test = run_dataset(g.run_dir[methods[0]], 'test')
     pal = getattr(test, 'palette', None)
@@ -101,20 +110,20 @@ def plot_examples(df:pd.DataFrame, data_key:str, methods:list|None=None, seed:in
     return fig
 
 # %% ../nbs/07c_figures.ipynb #d03901a9
-def val_curves(df:pd.DataFrame, data_key:str) -> pd.DataFrame:
+def val_curves(df:pd.DataFrame, data_key:str, model:str|None=None) -> pd.DataFrame:
     "Validation mIoU per epoch (rows) of every run of `data_key` (columns: method, seed), from their `history.csv`."
-    g = df[df.data_key == data_key]
+    g = select_runs(df, data_key, model)
     return pd.concat({(r.method, r.seed): pd.read_csv(Path(r.run_dir) / 'history.csv').set_index('epoch').val_miou for r in g.itertuples()}, axis=1)
 
-def plot_val_curves(df:pd.DataFrame, data_key:str, ax=None) -> plt.Axes:
+def plot_val_curves(df:pd.DataFrame, data_key:str, model:str|None=None, ax=None) -> plt.Axes:
     "Mean validation mIoU per epoch of each method, with its min-max band over seeds."
-    curves = val_curves(df, data_key)
+    curves = val_curves(df, data_key, model)
     ax = ax or plt.subplots(figsize=(6, 3.2))[1]
     for k, m in enumerate(dict.fromkeys(curves.columns.get_level_values(0))):
         c = curves[m]
         style = dict(lw=2.2 if m.startswith('pat') or m == 'ce' else 1.0, ls='-' if k < 10 else '--')
         line, = ax.plot(c.index, c.mean(axis=1), label=m, **style)
         ax.fill_between(c.index, c.min(axis=1), c.max(axis=1), color=line.get_color(), alpha=0.12)
-    ax.set(xlabel='epoch', ylabel='validation mIoU (%)', title=f"{data_key}: validation mIoU (mean over seeds, band: min-max)")
+    ax.set(xlabel='epoch', ylabel='validation mIoU (%)', title=f"{data_key}, {select_runs(df, data_key, model).model.iloc[0]}: validation mIoU (mean over seeds, band: min-max)")
     ax.title.set_fontsize(9); ax.legend(fontsize=7, ncol=2, frameon=False, loc='lower right')
     return ax

@@ -60,8 +60,10 @@ def paired_comparison(df:pd.DataFrame, reference:str='pat', metrics=('miou', 'mi
             b = b.set_index('seed'); seeds = ref.index.intersection(b.index)
             row = dict(data_key=data_key, model=model, baseline=method, seeds=len(seeds))
             for m in metrics:
-                mean, lo, hi = t_interval(ref.loc[seeds, m] - b.loc[seeds, m], level)
-                row.update({f'{m} diff': mean, f'{m} low': lo, f'{m} high': hi, f'{m} verdict': verdict(lo, hi)})
+                diff = (ref.loc[seeds, m] - b.loc[seeds, m]).dropna()  # a seed whose metric is undefined (NaN) has no difference
+                mean, lo, hi = t_interval(diff, level)
+                row.update({f'{m} diff': mean, f'{m} low': lo, f'{m} high': hi, f'{m} n': len(diff),
+                            f'{m} verdict': verdict(lo, hi) if len(diff) else 'undefined (NaN)'})
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -70,7 +72,9 @@ def verdict_sentence(row, metric:str='miou', reference:str='PAT') -> str:
     "One sentence for a row of `paired_comparison`."
     d, lo, hi, v = (row[f'{metric} {k}'] for k in ('diff', 'low', 'high', 'verdict'))
     name = {'miou': 'mIoU', 'miou_tail': 'tail mIoU'}.get(metric, metric)
-    if np.isnan(lo): return f"{row['data_key']}, {row['model']}: {reference} minus {row['baseline']} = {d:+.1f} points of {name} ({row['seeds']} seed: no interval, no verdict)."
+    n = row.get(f'{metric} n', row['seeds'])
+    if np.isnan(d): return f"{row['data_key']}, {row['model']}: {reference} minus {row['baseline']}: {name} undefined (NaN) in every seed."
+    if np.isnan(lo): return f"{row['data_key']}, {row['model']}: {reference} minus {row['baseline']} = {d:+.1f} points of {name} ({n} seed: no interval, no verdict)."
     word = {'gain': 'ahead of', 'loss': 'behind', 'within the spread': 'within the spread of'}[v]
     return (f"{row['data_key']}, {row['model']}: {reference} is {word} {row['baseline']} on {name}: {d:+.1f} points "
-            f"(95 % t interval {lo:+.1f} to {hi:+.1f}, {row['seeds']} seeds).")
+            f"(95 % t interval {lo:+.1f} to {hi:+.1f}, {n} seeds).")

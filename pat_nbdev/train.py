@@ -139,7 +139,7 @@ class Trainer:
 def _open_split(cfg:TrainConfig, split:str):
     "Split `split` of the configured dataset, read through the decoded-image cache when `cfg.cache` is set."
     ds = get_dataset(cfg.dataset, cfg.root, split, **cfg.data_kw)
-    if cfg.cache and hasattr(ds, "raw_pair"): ds = DecodedCache(ds, cfg.cache, progress=cfg.progress)
+    if cfg.cache and getattr(ds, "cacheable", False): ds = DecodedCache(ds, cfg.cache, progress=cfg.progress)
     return ds
 
 def _root_problem(cfg:TrainConfig, e:Exception) -> str:

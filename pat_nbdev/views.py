@@ -4,7 +4,7 @@
 
 # %% ../nbs/00b_views.ipynb #c21dfe4c
 from __future__ import annotations
-import hashlib, json, os, shutil
+import hashlib, json, os, shutil, tempfile
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
@@ -20,9 +20,10 @@ __all__ = ['CACHE_VERSION', 'cache_key', 'cache_folder', 'file_lock', 'build_cac
 CACHE_VERSION = 1  # raise when what `raw_pair` returns changes: every cache is then rebuilt
 
 def cache_key(ds) -> str:
-    "Hash of what the decoded arrays of `ds` depend on: loader, version, size and each file's name, size and mtime."
+    "Hash of what the decoded arrays of `ds` depend on: loader, version, size, label mapping and each file's name, size and mtime."
     files = [(str(p), st.st_size, st.st_mtime_ns) for _, *paths in ds.items for p in paths for st in [os.stat(p)]]
-    spec = dict(loader=type(ds).__name__, version=CACHE_VERSION, size=list(ds.size), files=files)
+    spec = dict(loader=type(ds).__name__, version=CACHE_VERSION, size=list(ds.size), files=files,
+                labels=hashlib.sha256(np.asarray(ds.lut).tobytes()).hexdigest())  # the raw-label mapping (e.g. void_class)
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
 
 def cache_folder(ds, cache_dir) -> Path:
@@ -43,8 +44,9 @@ def file_lock(path):
 
 def build_cache(ds, folder, progress:bool=True) -> Path:
     "Decode every item of `ds` (`raw_pair`) into `folder/images.npy` (`uint8 [N, H, W, 3]`) and `labels.npy` (`uint8 [N, H, W]`)."
-    folder = Path(folder); tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    folder = Path(folder); folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in [*folder.parent.glob(f"{folder.name}.tmp*"), *([folder] if folder.exists() else [])]: shutil.rmtree(stale, ignore_errors=True)  # a killed build's leftovers (we hold the lock)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp", dir=folder.parent))
     n, (h, w) = len(ds), ds.size
     images = np.lib.format.open_memmap(tmp/'images.npy', 'w+', np.uint8, (n, h, w, 3))
     labels = np.lib.format.open_memmap(tmp/'labels.npy', 'w+', np.uint8, (n, h, w))
@@ -61,7 +63,7 @@ class DecodedCache(Dataset):
     def __init__(self, ds, # a real dataset with `raw_pair` and a fixed `size` (e.g. `CamVid`, `OxfordPet`)
                  cache_dir, # folder holding the caches of every dataset, split and size
                  progress:bool=True):
-        if not hasattr(ds, 'raw_pair'): raise ValueError(f"{type(ds).__name__} cannot be cached: it has no raw_pair (uint8 decoding)")
+        if not getattr(ds, 'cacheable', False): raise ValueError(f"{type(ds).__name__} cannot be cached: it has no uint8 decoding (raw_pair)")
         if ds.size is None: raise ValueError(f"{ds!r} has no fixed size (size=None): the cache stores one size per split")
         self.ds, self.folder, self._arrays = ds, cache_folder(ds, cache_dir), None
         with file_lock(self.folder.with_name(self.folder.name + '.lock')):
