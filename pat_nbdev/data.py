@@ -17,13 +17,12 @@ from .conventions import *
 from .synthetic import SyntheticLongTail
 
 # %% auto #0
-__all__ = ['NYUV2_CLASSES', 'CAMVID_CLASSES', 'CAMVID_PALETTE', 'DATASET_NAMES', 'LOADERS', 'GROUP_COLOURS', 'open_image',
-           'rgb_array', 'decode_rgb', 'label_lut', 'check_labels', 'label_array', 'decode_label', 'seeded_order',
-           'split_indices', 'SegDataset', 'OxfordPet', 'cityscapes_table', 'Cityscapes', 'load_npy', 'decode_rgb_array',
-           'NYUv2', 'write_nyuv2_like', 'CamVid', 'get_dataset', 'per_image_class_counts', 'class_pixel_counts',
-           'class_presence', 'class_groups', 'plot_class_imbalance', 'colourize', 'show_examples', 'images_per_second',
-           'SPLITS', 'IGNORE_INDEX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'check_choice', 'as_size', 'normalize_hwc',
-           'denormalize', 'distinct_palette']
+__all__ = ['NYUV2_CLASSES', 'CAMVID_CLASSES', 'CAMVID_PALETTE', 'DATASET_NAMES', 'LOADERS', 'open_image', 'rgb_array',
+           'decode_rgb', 'label_lut', 'check_labels', 'label_array', 'decode_label', 'seeded_order', 'split_indices',
+           'SegDataset', 'OxfordPet', 'cityscapes_table', 'Cityscapes', 'load_npy', 'decode_rgb_array', 'NYUv2',
+           'write_nyuv2_like', 'CamVid', 'get_dataset', 'per_image_class_counts', 'class_pixel_counts',
+           'class_presence', 'class_groups', 'images_per_second', 'SPLITS', 'IGNORE_INDEX', 'IMAGENET_MEAN',
+           'IMAGENET_STD', 'check_choice', 'as_size', 'normalize_hwc', 'denormalize', 'distinct_palette']
 
 # %% ../nbs/00_data.ipynb #ffa9249a
 _all_ = ['SPLITS', 'IGNORE_INDEX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'check_choice', 'as_size', 'normalize_hwc', 'denormalize',
@@ -393,58 +392,6 @@ def class_groups(counts, # pixel count per class, `[C]`
     i, j = int((above < head).sum()), int((above < body).sum())  # head = ranked[:i], body = ranked[i:j]
     if len(ranked) >= 3: i = min(i, len(ranked) - 2); j = min(max(j, i + 1), len(ranked) - 1)
     return dict(head=ranked[:i], body=ranked[i:j], tail=ranked[j:])
-
-# %% ../nbs/00_data.ipynb #dd9f0b58
-GROUP_COLOURS = {'head': '#1f77b4', 'body': '#ff7f0e', 'tail': '#d62728'}
-
-def plot_class_imbalance(dataset, ax=None, counts=None, presence=None, title:str|None=None):
-    "Fig. 2 for `dataset`: pixel share per class (bars, log scale) and presence (dots), most frequent first."
-    import matplotlib.pyplot as plt
-    if counts is None or presence is None:
-        per_image = per_image_class_counts(dataset)
-        counts, presence = per_image.sum(0), (per_image > 0).float().mean(0)
-    counts = torch.as_tensor(counts, dtype=torch.float64)
-    groups, share = class_groups(counts), 100 * counts / counts.sum()
-    order = groups['head'] + groups['body'] + groups['tail']
-    ax = ax or plt.subplots(figsize=(max(4.5, 1.5 + 0.32 * len(order)), 3.2))[1]
-    floor = share[share > 0].min().item() / 3
-    for g, cs in groups.items():
-        ax.bar([order.index(c) for c in cs], share[cs], color=GROUP_COLOURS[g], label=f'{g} ({len(cs)})')
-    absent = [k for k, c in enumerate(order) if share[c] == 0]
-    if absent: ax.plot(absent, [floor * 1.5] * len(absent), 'x', color=GROUP_COLOURS['tail'], label='no pixel')
-    ax.plot(range(len(order)), 100 * torch.as_tensor(presence)[order], 'k.', label='images with it (%)')
-    ax.set_yscale('log'); ax.set_ylim(floor, 1000); ax.set_ylabel('% of pixels (bars) / images (dots)')
-    ax.set_xticks(range(len(order)), [dataset.class_names[c] for c in order], rotation=70, fontsize=8)
-    ax.set_title(title or f"{getattr(dataset, 'name', '')} {getattr(dataset, 'split', '')}: {len(dataset)} images", fontsize=9)
-    ax.legend(fontsize=7, ncol=3 if len(order) > 8 else 2, loc='upper right', frameon=False)
-    return ax
-
-# %% ../nbs/00_data.ipynb #95555355
-def colourize(mask:torch.Tensor, palette:np.ndarray, ignore_index:int=IGNORE_INDEX) -> np.ndarray:
-    "Class-index mask -> `uint8 [H, W, 3]` with `palette`; `ignore_index` is white."
-    lut, m = np.full((256, 3), 255, np.uint8), mask.numpy()
-    lut[:len(palette)] = palette
-    return lut[np.where((m == ignore_index) | (m < 0) | (m > 255), 255, m)]
-
-def show_examples(dataset, n:int=4, idxs:list|None=None):
-    "Images (top) over their coloured masks (bottom), with a legend of the classes shown."
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-    idxs = list(range(min(n, len(dataset)))) if idxs is None else list(idxs)
-    pal = getattr(dataset, 'palette', None)
-    pal = distinct_palette(dataset.n_classes) if pal is None else pal
-    items = [dataset[i] for i in idxs]
-    aspect = items[0][1].shape[1] / items[0][1].shape[0]
-    fig, axs = plt.subplots(2, len(idxs), figsize=(2.4 * len(idxs) * aspect, 4.8), squeeze=False)
-    seen = set()
-    for j, (i, (x, y)) in enumerate(zip(idxs, items)):
-        axs[0, j].imshow(denormalize(x)); axs[1, j].imshow(colourize(y, pal, dataset.ignore_index), interpolation='nearest')
-        axs[0, j].set_title(f'#{i}', fontsize=8); seen |= set(y.unique().tolist()) - {dataset.ignore_index}
-    for a in axs.flat: a.axis('off')
-    fig.legend([Patch(color=pal[c] / 255) for c in sorted(seen)], [dataset.class_names[c] for c in sorted(seen)],
-               loc='lower center', ncol=min(len(seen), 7), fontsize=7, frameon=False)
-    fig.subplots_adjust(bottom=0.12, wspace=0.05, hspace=0.05)
-    return fig
 
 # %% ../nbs/00_data.ipynb #9d3fbc28
 def images_per_second(dataset, num_workers:int=2, batch_size:int=8, max_images:int|None=None) -> float:

@@ -11,7 +11,8 @@ import pandas as pd
 import torch
 import matplotlib.pyplot as plt
 from matplotlib.patches import Patch
-from .data import get_dataset, distinct_palette, colourize, denormalize, plot_class_imbalance, per_image_class_counts, class_groups, GROUP_COLOURS
+from .data import get_dataset, distinct_palette, denormalize, per_image_class_counts, class_groups
+from .dataplots import colourize, plot_class_imbalance, GROUP_COLOURS
 
 # %% auto #0
 __all__ = ['caption', 'run_dataset', 'plot_imbalance', 'select_runs', 'per_class_iou', 'plot_iou_heatmap', 'plot_examples',
