@@ -17,11 +17,13 @@ from nbdev.process import NBProcessor
 MAX_WIDTH = 900  # pixels: about a notebook column at 100 % zoom
 
 def shrink_png(data:str, max_width:int=MAX_WIDTH) -> str:
-    "A base64 PNG no wider than `max_width` (downscaled with antialiasing, palette-quantised when that loses nothing visible)."
+    "A base64 PNG no wider than `max_width` (downscaled with antialiasing) in 256 colours (dithered: the same to the eye at that size)."
     from PIL import Image
     img = Image.open(io.BytesIO(base64.b64decode(data)))
+    if img.mode == "P": return data  # already shrunk: quantising again would only degrade it
+    img = img.convert("RGB")
     if img.width > max_width: img = img.resize((max_width, round(img.height * max_width / img.width)), Image.LANCZOS)
-    buf = io.BytesIO(); img.save(buf, format="PNG", optimize=True)
+    buf = io.BytesIO(); img.quantize(256).save(buf, format="PNG", optimize=True)
     return base64.b64encode(buf.getvalue()).decode() if buf.tell() < len(data) * 3 // 4 else data
 
 def shrink_outputs(cells):
