@@ -11,7 +11,8 @@ import pandas as pd
 import torch
 import matplotlib.pyplot as plt
 from matplotlib.patches import Patch
-from .data import get_dataset, distinct_palette, denormalize, per_image_class_counts, class_groups
+from .views import open_split
+from .data import distinct_palette, denormalize, per_image_class_counts, class_groups
 from .dataplots import colourize, plot_class_imbalance, GROUP_COLOURS
 
 # %% auto #0
@@ -34,11 +35,7 @@ def caption(df:pd.DataFrame, data_key:str|None=None) -> str:
 def run_dataset(run_dir, split:str='train'):
     "Split `split` of the dataset a run trained on, opened from its `config.json` (through its decoded-image cache when it had one)."
     cfg = json.loads((Path(run_dir) / 'config.json').read_text())
-    ds = get_dataset(cfg['dataset'], cfg.get('root'), split, **cfg.get('data_kw', {}))
-    if cfg.get('cache') and getattr(ds, 'cacheable', False):
-        from pat_nbdev.views import DecodedCache
-        ds = DecodedCache(ds, cfg['cache'], progress=False)
-    return ds
+    return open_split(cfg['dataset'], cfg.get('root'), split, cfg.get('data_kw'), cfg.get('cache'), progress=False)
 
 def plot_imbalance(df:pd.DataFrame) -> plt.Figure:
     "Fig. 2: pixel share (bars, log scale) and presence (dots) per class of each dataset's training split, head/body/tail coloured."

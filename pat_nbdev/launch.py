@@ -10,7 +10,7 @@ import submitit
 from submitit.core.utils import FailedJobError, JobPaths
 from submitit.helpers import Checkpointable
 from tqdm.auto import tqdm
-from .experiments import execute_run, run_finished
+from .experiments import execute_run, run_finished, _positive
 
 # %% auto #0
 __all__ = ['ACTIVE', 'LAUNCH_OPTIONS', 'LAUNCH_FLAGS', 'RunJob', 'make_executor', 'sbatch_script', 'job_error', 'launch_status',
@@ -180,11 +180,6 @@ def _key_value(s:str) -> tuple:
     if '=' not in s: raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
     k, v = s.split('=', 1); return k.strip().lstrip('-'), v
 
-def _at_least_one(s:str) -> int:
-    "A whole number of at least 1, for argparse."
-    if not s.strip().isdigit() or int(s) < 1: raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {s!r}")
-    return int(s)
-
 def add_launch_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Add the options of `launch_batch` to `pat-reproduce`'s parser `p`."
     g = p.add_argument_group('on a cluster (submitit): the runs as one job array')
@@ -194,7 +189,7 @@ def add_launch_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument('--slurm-time', type=int, default=240, help='time limit per run, minutes; a run stopped by it is requeued and resumes (3 times at most)')
     g.add_argument('--slurm-cpus-per-run', type=int, help='CPUs per run (default: the cluster\'s)')
     g.add_argument('--slurm-mem-gb', type=float, help='memory per run, GB (default: the cluster\'s)')
-    g.add_argument('--slurm-max-parallel', type=_at_least_one, default=16, help='runs at once (the array\'s %%K; also for --launcher local)')
+    g.add_argument('--slurm-max-parallel', type=_positive, default=16, help='runs at once (the array\'s %%K; also for --launcher local)')
     g.add_argument('--slurm-extra', type=_key_value, action='append', default=[], metavar='KEY=VALUE', help='any other sbatch option, e.g. account=proj, qos=high, gres=gpu:a100:1')
     g.add_argument('--detach', action='store_true', help='submit and return (Slurm); build the report later with --report-only')
     g.add_argument('--report-only', action='store_true', help='run and submit nothing: build the report from the runs under --out and list those missing')

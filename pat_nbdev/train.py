@@ -20,9 +20,9 @@ from torch.nn.parallel import DistributedDataParallel
 from fastcore.basics import patch
 from fastcore.docments import docments
 from tqdm import tqdm
-from .data import get_dataset, DATASET_NAMES, LOADERS, class_pixel_counts, class_groups, per_image_class_counts
+from .data import DATASET_NAMES, LOADERS, class_pixel_counts, class_groups, per_image_class_counts
 from .synthetic import SyntheticLongTail
-from .views import DecodedCache, RandomCrop
+from .views import open_split, RandomCrop
 from .models import get_model, MODEL_NAMES
 from .losses import get_loss, resolve_loss, LOSS_NAMES
 from .metrics import ConfusionMatrix
@@ -136,12 +136,6 @@ class Trainer:
         self.uniform_loss = None  # the loss of a uniform prediction, the scale of `divergence` (set at the first step)
 
 # %% ../nbs/05_train.ipynb #b9a718b1
-def _open_split(cfg:TrainConfig, split:str):
-    "Split `split` of the configured dataset, read through the decoded-image cache when `cfg.cache` is set."
-    ds = get_dataset(cfg.dataset, cfg.root, split, **cfg.data_kw)
-    if cfg.cache and getattr(ds, "cacheable", False): ds = DecodedCache(ds, cfg.cache, progress=cfg.progress)
-    return ds
-
 def _root_problem(cfg:TrainConfig, e:Exception) -> str:
     "One line for a dataset folder that is missing or incomplete: what is wrong, what was expected, what to run."
     check = "" if "pat-data check" in str(e) else f" (`pat-data check {cfg.dataset} {cfg.root}` lists every problem)"
@@ -150,7 +144,7 @@ def _root_problem(cfg:TrainConfig, e:Exception) -> str:
 @patch
 def _build_data(self:Trainer):
     cfg = self.cfg
-    try: self.sets = {s: _open_split(cfg, s) for s in SPLITS}
+    try: self.sets = {s: open_split(cfg.dataset, cfg.root, s, cfg.data_kw, cfg.cache, cfg.progress) for s in SPLITS}
     except FileNotFoundError as e: raise ValueError(_root_problem(cfg, e)) from None
     except TypeError as e: raise ValueError(f"bad data_kw for dataset {cfg.dataset!r} {cfg.data_kw}: {e}") from e
     sizes = {s: len(d) for s, d in self.sets.items()}

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
-from .data import normalize_hwc
+from .data import normalize_hwc, get_dataset
 
 # %% auto #0
-__all__ = ['CACHE_VERSION', 'cache_key', 'cache_folder', 'file_lock', 'build_cache', 'DecodedCache', 'RandomCrop']
+__all__ = ['CACHE_VERSION', 'cache_key', 'cache_folder', 'file_lock', 'build_cache', 'DecodedCache', 'open_split', 'RandomCrop']
 
 # %% ../nbs/00b_views.ipynb #2c9b9bc5
 CACHE_VERSION = 1  # raise when what `raw_pair` returns changes: every cache is then rebuilt
@@ -83,6 +83,11 @@ class DecodedCache(Dataset):
         if name.startswith('__') or name in ('ds', '_arrays'): raise AttributeError(name)
         return getattr(self.ds, name)
     def __repr__(self): return f"DecodedCache({self.ds!r}, '{self.folder}')"
+
+def open_split(dataset:str, root, split:str, data_kw:dict|None=None, cache=None, progress:bool=True):
+    "Split `split` of `dataset` (`get_dataset`), read through a decoded-image cache under `cache` when given and the dataset can be cached."
+    ds = get_dataset(dataset, root, split, **(data_kw or {}))
+    return DecodedCache(ds, cache, progress) if cache and getattr(ds, 'cacheable', False) else ds
 
 # %% ../nbs/00b_views.ipynb #a3a6c25c
 class RandomCrop(Dataset):
