@@ -3,11 +3,12 @@ SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# nbdev's CLI and papermill run notebooks; keep BLAS threads to the machine's cores.
+# Every notebook (nbdev_test, papermill, make notebooks) draws its figures without a display and hashes strings with a
+# fixed seed, so that two runs give the same outputs.
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: install test sync-check nbtest pytest reproduce bench notebooks lab readme lock clean
+.PHONY: install prepare test sync-check nbtest pytest reproduce bench notebooks lab readme lock clean clean-runs
 
 install: $(VENV)/.installed  ## create .venv with the pinned dependency set and the package (editable)
 
@@ -16,6 +17,11 @@ $(VENV)/.installed: requirements.lock setup.py settings.ini
 	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
+
+prepare: install  ## after editing nbs/: export to pat_nbdev/, clean the notebooks, write README.md, run every notebook
+	$(BIN)/nbdev_export
+	$(BIN)/nbdev_clean
+	@$(MAKE) --no-print-directory readme nbtest
 
 test: install sync-check nbtest pytest  ## everything CI checks
 
@@ -55,5 +61,8 @@ lock:  ## refresh requirements.lock from the current .venv
 	{ echo "# Pinned, known-good dependency set (CPU machine, Python 3.11). Regenerate with: make lock"; \
 	  $(BIN)/pip freeze --exclude-editable | grep -v -E '^(pat.nbdev|-e )'; } > requirements.lock
 
-clean:
-	rm -rf runs _proc _docs .pytest_cache
+clean:  ## build leftovers only; runs/ stays (see clean-runs)
+	rm -rf _proc _docs .pytest_cache build
+
+clean-runs:  ## delete runs/, every result of make reproduce (rebuilding them takes about 24 minutes)
+	rm -rf runs

@@ -22,6 +22,7 @@ from .data import get_dataset
 from .models import get_model, MODEL_NAMES
 from .train import default_preset
 from .cli import image_size
+from .argtypes import positive_int
 from .device import resolve_device, reset_peak_memory, peak_memory_mib, autocast_dtype, needs_grad_scaler, now, seconds_per_call
 
 # %% ../nbs/06_bench.ipynb #b73421b9
@@ -85,7 +86,9 @@ def bench_losses(shape=(8, 20, 256, 512), # logits [B, C, H, W]
     logits = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
     target = long_tailed_target((B, H, W), C, seed, device)
     cands = loss_candidates(C, target, include_authors)
-    for fn in cands.values(): _timed(fn, logits, target)  # warm-up
+    for k, fn in cands.items():  # warm-up; a loss that cannot take this shape says so, by name
+        try: _timed(fn, logits, target)
+        except ValueError as e: raise ValueError(f"{k[0]} ({k[1]}) cannot run on logits of shape {list(shape)}: {e}") from None
     times = {k: [] for k in cands}
     for _ in range(repeats):  # interleaved: noise hits every loss alike
         for k, fn in cands.items(): times[k].append(_timed(fn, logits, target))
@@ -157,19 +160,19 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="pat-bench", description="Benchmarks of pat_nbdev.")
     sub = p.add_subparsers(dest="what", required=True)
     q = sub.add_parser("losses", help="forward+backward time and peak memory of every loss vs F.cross_entropy")
-    q.add_argument("--shape", type=int, nargs=4, default=[8, 20, 256, 512], metavar=("B", "C", "H", "W"))
-    q.add_argument("--repeats", type=int, default=9)
+    q.add_argument("--shape", type=positive_int, nargs=4, default=[8, 20, 256, 512], metavar=("B", "C", "H", "W"))
+    q.add_argument("--repeats", type=positive_int, default=9)
     q.add_argument("--no-authors", dest="authors", action="store_false", help="skip the authors' implementations")
     t = sub.add_parser("training", help="training and evaluation images/s of each model, and the loss's share of a step")
     t.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
     t.add_argument("--losses", nargs="+", default=["ce", "pat"], choices=LOSS_NAMES)
-    t.add_argument("--n-classes", type=int, default=3)
+    t.add_argument("--n-classes", type=positive_int, default=3)
     t.add_argument("--size", type=image_size, default=128, help="e.g. 128 or 256x512")
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--steps", type=int, default=3)
+    t.add_argument("--batch-size", type=positive_int, default=8)
+    t.add_argument("--steps", type=positive_int, default=3)
     t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on for CUDA)")
     for q_ in (q, t):
-        q_.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+        q_.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
         q_.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
         q_.add_argument("--out", default="runs/bench")
     a = p.parse_args(argv)
@@ -177,7 +180,8 @@ def main(argv=None):
     if a.threads: torch.set_num_threads(a.threads)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     if a.what == "losses":
-        df, name = bench_losses(tuple(a.shape), a.repeats, a.device, a.authors), f"losses_{a.device}.csv"
+        try: df, name = bench_losses(tuple(a.shape), a.repeats, a.device, a.authors), f"losses_{a.device}.csv"
+        except ValueError as e: p.exit(2, f"pat-bench losses: error: --shape {' '.join(map(str, a.shape))}: {e}\n")
         print(to_markdown(df))
     else:
         df, name = speed_table(a.models, a.losses, n_classes=a.n_classes, size=a.size, batch_size=a.batch_size,

@@ -4,19 +4,21 @@
 
 # %% ../nbs/07_experiments.ipynb #984f6d18
 from __future__ import annotations
-import argparse, json, os, queue, re, subprocess, sys, time, traceback
+import json, os, platform, queue, re, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
-from .losses import LOSS_NAMES, resolve_loss
+from .losses import LOSS_NAMES
+from .checkpoint import config_diff, read_config, write_json
 
 # %% auto #0
 __all__ = ['TABLE_MODELS', 'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS', 'PRESETS', 'PACKAGE', 'REPO', 'PAPER_DIR',
-           'METRIC_COLUMNS', 'BREAKDOWN', 'BENCH_SHAPE', 'OUTPUTS', 'Run', 'Preset', 'table_runs', 'study_runs',
-           'plan_runs', 'run_config', 'notebook_path', 'execute_notebook', 'run_finished', 'execute_run', 'job_slots',
-           'run_batch', 'collect_runs', 'results_table', 'provenance', 'time_breakdown', 'reproduce_parser', 'main']
+           'RESOLVED_BY_TRAINER', 'METRIC_COLUMNS', 'BREAKDOWN', 'Run', 'Preset', 'table_runs', 'study_runs',
+           'plan_runs', 'run_config', 'notebook_path', 'execute_notebook', 'run_finished', 'portable_paths',
+           'execute_run', 'job_slots', 'stop_runs', 'run_batch', 'code_version', 'config_mismatch', 'plan_status',
+           'set_aside_runs', 'collect_runs', 'results_table', 'provenance', 'time_breakdown']
 
 # %% ../nbs/07_experiments.ipynb #7806fdf0
 TABLE_MODELS = {1: ('segnet',), 2: ('unet', 'attunet', 'unetpp'), 3: ('segnet', 'unet')}
@@ -58,7 +60,7 @@ class Preset:
     seeds: int = 1  # runs per configuration, with seeds 0..seeds-1
     methods: dict|None = None  # a study: name -> dict(loss=..., **loss keywords), on `models`, instead of the tables
     models: tuple = ('segnet',)  # the models of a study
-    one_seed: tuple = ()  # methods run with seed 0 only, to fit the budget (their paired comparison then has no interval)
+    method_seeds: dict = field(default_factory=dict)  # methods run with fewer seeds than `seeds` (name -> seeds), to fit the budget
 
 STUDY_METHODS = {**{l: dict(loss=l, variant='original') for l in LOSS_NAMES if l != 'pat'},  # the fair comparison: each as its paper defines it
                  'pat': dict(loss='pat', normalize='mean'),  # PAT as the authors' code normalises
@@ -87,12 +89,23 @@ PRESETS = {
     'cpu-study': Preset(
         datasets={'camvid': dict(dataset='camvid', data_kw=dict(size=(120, 160)), train_kw=dict(crop=(72, 96))),
                   'synthetic20': dict(dataset='synthetic', data_kw=dict(n_classes=20, size=64), train_kw=dict(epochs=10))},
-        epochs=12, batch_size=8, model_kw=dict(preset='small'), seeds=3, methods=STUDY_METHODS, one_seed=('focal', 'cb', 'cbfocal', 'bms'),
+        epochs=12, batch_size=8, model_kw=dict(preset='small'), seeds=3, methods=STUDY_METHODS,
+        method_seeds=dict(focal=1, cb=1, cbfocal=1, bms=1),
         description='a seeded CPU study, NOT the paper\'s protocol: SegNet-small; REAL CamVid (official 367/101/233 split) '
                     'at 120x160 (a third of its size), trained on random 72x96 crops with flips and evaluated on '
                     'whole images; SYNTHETIC 20-class data at 64x64; every loss in its original variant, '
                     'PAT normalised by the mean (authors) and by the mask (paper); 3 seeds for CE, LDAM, BLV and both PATs, '
                     'one seed for Focal, CB, CB-Focal and BMS (cut to fit about two hours on 2 cores)'),
+    'camvid-study': Preset(  # the regime chosen by measurement (reports/camvid-study/search): CE ends near 40 % test mIoU there
+        datasets={'camvid': dict(dataset='camvid', data_kw=dict(size=(180, 240)), train_kw=dict(crop=(120, 160)))},
+        epochs=50, batch_size=4, models=('unet',), model_kw=dict(preset='small'), train_kw=dict(threads=1),
+        seeds=5, methods=STUDY_METHODS, method_seeds={m: 3 for m in STUDY_METHODS if m not in ('ce', 'pat', 'pat-mask')},
+        description='a seeded CPU study in a regime where the models learn, NOT the paper\'s protocol: U-Net-small '
+                    '(MobileNetV2 encoder, 3.1 M parameters) from scratch, one thread per run; REAL CamVid (official '
+                    '367/101/233 split, 11 classes, void ignored) at 180x240, trained on random 120x160 crops with flips, '
+                    'batch 4, Adam 1e-3 cosine, for 50 epochs (about 30 core-minutes a run), evaluated on whole images; '
+                    'every loss in its original variant, PAT normalised by the mean (authors) and by the mask (paper); '
+                    '5 seeds for CE and both PATs, 3 for the others'),
     'paper': Preset(
         datasets={'oxford_pet': dict(dataset='oxford_pet', data_kw={}),
                   'cityscapes': dict(dataset='cityscapes', data_kw={}),
@@ -120,15 +133,15 @@ def plan_runs(tables, data_keys, seeds:int=1, preset:Preset|None=None, extra:dic
     "Every run needed (each once: Table 3's default-tau runs are Tables 1-2's PAT runs), for seeds 0..`seeds`-1, seed-major."
     base = (study_runs(preset, data_keys, extra) if preset is not None and preset.methods
             else [r for t in tables for r in table_runs(t, data_keys, extra)])
-    one_seed = preset.one_seed if preset is not None else ()
-    return [replace(r, seed=s) for s in range(seeds) for r in dict.fromkeys(base) if s == 0 or r.loss_tag not in one_seed]
+    fewer = preset.method_seeds if preset is not None else {}
+    return [replace(r, seed=s) for s in range(seeds) for r in dict.fromkeys(base) if s < fewer.get(r.loss_tag, seeds)]
 
 # %% ../nbs/07_experiments.ipynb #b5d09be2
-def run_config(run:Run, preset:Preset, out_root, roots:dict|None=None, **overrides) -> dict:
+def run_config(run:Run, preset:Preset, out_root, roots:dict|None=None, need_root:bool=True, **overrides) -> dict:
     "The `TrainConfig` fields of `run` under `preset`, writing to `out_root/run.run_id`; `overrides` (not None) win."
     spec = preset.datasets[run.data_key]
     roots = roots or {}
-    if spec['dataset'] != 'synthetic' and spec['dataset'] not in roots:
+    if need_root and spec['dataset'] != 'synthetic' and spec['dataset'] not in roots:
         raise ValueError(f"dataset {spec['dataset']!r} needs its folder: pass --root {spec['dataset']}=PATH")
     cfg = dict(dataset=spec['dataset'], root=roots.get(spec['dataset']), model=run.model, loss=run.loss, loss_kw=run.loss_kw,
                model_kw=dict(preset.model_kw), data_kw=dict(spec['data_kw']), epochs=preset.epochs, batch_size=preset.batch_size,
@@ -164,8 +177,17 @@ def run_finished(out) -> bool:
     try: return 'test' in json.loads((Path(out) / 'metrics.json').read_text())
     except (OSError, ValueError): return False
 
+def portable_paths(out):
+    "Rewrite the paths a finished run recorded (`out`, `root`, `cache` in `config.json` and `metrics.json`) relative to its folder `out`."
+    out = Path(out).resolve()
+    rel = lambda p: os.path.relpath(Path(p).resolve(), out) if isinstance(p, str) and os.path.isabs(p) else p
+    cfg = read_config(out / 'config.json'); m = json.loads((out / 'metrics.json').read_text())
+    write_json({**cfg, **{k: rel(cfg.get(k)) for k in ('out', 'root', 'cache')}}, out / 'config.json')
+    write_json({**m, 'data': {**m['data'], **{k: rel(m['data'].get(k)) for k in ('root', 'cache')}}}, out / 'metrics.json')
+
 def execute_run(cfg:dict, engine:str='papermill') -> Path:
     "Train one run from its config dict (skipped when it has finished); returns the run folder."
+    cfg = json.loads(json.dumps(cfg))  # plain JSON values: papermill passes a tuple (a crop) as its repr string
     out = Path(cfg['out'])
     if run_finished(out): return out
     if engine == 'inprocess':
@@ -174,6 +196,9 @@ def execute_run(cfg:dict, engine:str='papermill') -> Path:
     elif engine == 'papermill':
         execute_notebook(notebook_path('train_run.ipynb'), out / 'train_run.ipynb', {'config': cfg})
     else: raise ValueError(f"unknown engine {engine!r}; choose 'papermill' or 'inprocess'")
+    write_json(dict(code_version(), engine=engine, host=platform.node(), threads=read_config(out / 'config.json').get('threads'),
+                    finished=time.strftime('%Y-%m-%d %H:%M:%S %Z')), out / 'provenance.json')
+    portable_paths(out)  # a run folder can be committed and moved: it names no path of this machine
     return out
 
 # %% ../nbs/07_experiments.ipynb #212b85d2
@@ -185,24 +210,44 @@ def job_slots(jobs:int=1, devices:list|None=None, runs_per_device:int=1, cores:i
     return [dict(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))] * max(1, jobs)
 
 # %% ../nbs/07_experiments.ipynb #f4ce06f8
+_LIVE, _STOP = set(), threading.Event()  # the run processes running now; set once the batch is told to stop
+_CHILD = ('import ctypes, json, os, signal, sys\n'
+          'try: ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: end with the batch, however it ends (Linux)\n'
+          'except (OSError, AttributeError): pass\n'
+          'if os.getppid() != int(sys.argv[3]): sys.exit(143)  # the batch ended before the line above\n'
+          'from pat_nbdev.experiments import execute_run; execute_run(json.loads(sys.argv[1]), sys.argv[2])')
+
 def _run_in_subprocess(cfg:dict, engine:str, slot:dict):
-    "Execute one run in a child process with the environment `slot`; its output goes to `run.log`."
+    "Execute one run in a child process with the environment `slot`; its output goes to `run.log`. The child ends with this process."
+    if _STOP.is_set(): raise RuntimeError("not started: the batch was stopped")
     out = Path(cfg['out']); out.mkdir(parents=True, exist_ok=True)
-    if 'OMP_NUM_THREADS' in slot: cfg = {**cfg, 'threads': int(slot['OMP_NUM_THREADS'])}
-    code = 'import json, sys; from pat_nbdev.experiments import execute_run; execute_run(json.loads(sys.argv[1]), sys.argv[2])'
+    if cfg.get('threads'): slot = {**slot, 'OMP_NUM_THREADS': str(cfg['threads']), 'MKL_NUM_THREADS': str(cfg['threads'])}  # a plan's own
+    elif 'OMP_NUM_THREADS' in slot: cfg = {**cfg, 'threads': int(slot['OMP_NUM_THREADS'])}
     with open(out / 'run.log', 'w') as log:
-        p = subprocess.run([sys.executable, '-c', code, json.dumps(cfg), engine], stdout=log, stderr=subprocess.STDOUT,
-                           env={**os.environ, **slot, 'PYTHONWARNINGS': 'ignore'})
+        p = subprocess.Popen([sys.executable, '-c', _CHILD, json.dumps(cfg), engine, str(os.getpid())], stdout=log,
+                             stderr=subprocess.STDOUT, env={**os.environ, **slot, 'PYTHONWARNINGS': 'ignore'})
+        _LIVE.add(p)
+        try: p.wait()
+        finally: _LIVE.discard(p)
     if p.returncode:
         lines = [l for l in (out / 'run.log').read_text(errors='replace').splitlines() if l.strip()]
         raise RuntimeError(f"{lines[-1] if lines else 'no output'} (exit {p.returncode}; see {out / 'run.log'})")
+
+def stop_runs(timeout:float=10) -> int:
+    "Terminate the run processes still running (their kernels follow them: ipykernel exits when its parent does); how many."
+    _STOP.set(); live = list(_LIVE)
+    for p in live: p.terminate()
+    for p in live:
+        try: p.wait(timeout)
+        except subprocess.TimeoutExpired: p.kill()
+    return len(live)
 
 def _error_line(e:Exception) -> str: return f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
 
 # %% ../nbs/07_experiments.ipynb #e30953dc
 def run_batch(configs:list[dict], out_root, engine:str='papermill', slots:list[dict]|None=None) -> dict:
     "Execute every config not yet finished, one per slot of `slots` at a time (None: one after another, in this process)."
-    out_root = Path(out_root); out_root.mkdir(parents=True, exist_ok=True)
+    out_root = Path(out_root); out_root.mkdir(parents=True, exist_ok=True); _STOP.clear()
     name = lambda cfg: str(Path(cfg['out']).relative_to(out_root))
     kept = [name(c) for c in configs if run_finished(c['out'])]
     todo = [c for c in configs if not run_finished(c['out'])]
@@ -228,8 +273,55 @@ def run_batch(configs:list[dict], out_root, engine:str='papermill', slots:list[d
                 except Exception as e: failed[futures[f]] = _error_line(e)
                 bar.update(); bar.set_postfix_str(futures[f])
     bar.close()
-    (out_root / 'failures.json').write_text(json.dumps(failed, indent=2))
+    try: write_json(failed, out_root / 'failures.json')
+    except OSError as e: print(f"could not write {out_root / 'failures.json'} ({e}); the failures were:", json.dumps(failed, indent=2), flush=True)
     return dict(done=done, failed=failed)
+
+# %% ../nbs/07_experiments.ipynb #410ce8ee
+RESOLVED_BY_TRAINER = ('amp', 'threads')  # None in a plan means "the trainer's choice": any recorded value matches
+
+def code_version() -> dict:
+    "The code runs are made with: the package's version, and in a git checkout its commit and whether it had uncommitted changes."
+    from importlib.metadata import version, PackageNotFoundError
+    try: info = dict(package=version('pat_nbdev'))
+    except PackageNotFoundError: info = dict(package=None)
+    if (REPO / '.git').exists():
+        git = lambda *args: subprocess.run(['git', '-C', str(REPO), *args], capture_output=True, text=True, timeout=30).stdout.strip()
+        try: info.update(commit=git('rev-parse', 'HEAD') or None,
+                         uncommitted_changes=bool(git('status', '--porcelain', '--', 'nbs', 'pat_nbdev')))
+        except (OSError, subprocess.SubprocessError): pass
+    return info
+
+def config_mismatch(cfg:dict) -> list[str]:
+    "`key: recorded -> planned` lines where the config recorded in `cfg['out']` differs from the planned `cfg`; [] if none is recorded."
+    from pat_nbdev.train import TrainConfig, RUNTIME_FIELDS  # where and how it ran, not what it is; the dataset's folder neither
+    path = Path(cfg['out']) / 'config.json'
+    if not path.exists(): return []
+    recorded, planned = read_config(path), asdict(TrainConfig(**cfg))
+    planned = {k: v for k, v in planned.items() if k not in (*RUNTIME_FIELDS, 'root') and not (k in RESOLVED_BY_TRAINER and v is None)}
+    planned['model_kw'] = {'preset': (recorded.get('model_kw') or {}).get('preset'), **planned['model_kw']}  # the trainer's default preset
+    return config_diff({k: recorded.get(k) for k in planned}, planned)
+
+# %% ../nbs/07_experiments.ipynb #ade0c93e
+def plan_status(configs:list[dict], runs_root) -> dict:
+    "Sort planned `configs` into `finished` (recorded config matches), `todo`, `stale` (out -> differences) and `foreign` (other runs)."
+    status = dict(finished=[], todo=[], stale={}, foreign=[])
+    for cfg in configs:
+        diff = config_mismatch(cfg)
+        if diff: status['stale'][cfg['out']] = diff
+        else: status['finished' if run_finished(cfg['out']) else 'todo'].append(cfg['out'])
+    planned = {str(Path(c['out']).resolve()) for c in configs}
+    status['foreign'] = [str(p.parent) for p in sorted(Path(runs_root).rglob('metrics.json')) if str(p.parent.resolve()) not in planned
+                         and not any(part.startswith('.') for part in p.relative_to(runs_root).parts) and run_finished(p.parent)]
+    return status
+
+def set_aside_runs(folders, runs_root) -> Path:
+    "Move run `folders` into `runs_root/.replaced/<stamp>/` (kept, but out of every report); the folder they went to."
+    dest = Path(runs_root) / '.replaced' / time.strftime('%Y%m%d-%H%M%S')
+    for f in folders:
+        target = dest / Path(f).resolve().relative_to(Path(runs_root).resolve())
+        target.parent.mkdir(parents=True, exist_ok=True); Path(f).rename(target)
+    return dest
 
 # %% ../nbs/07_experiments.ipynb #ee38789e
 METRIC_COLUMNS = ('miou', 'pix_acc', 'dice_err', 'miou_head', 'miou_body', 'miou_tail')
@@ -300,107 +392,3 @@ def time_breakdown(runs_dir) -> pd.DataFrame:
                          setup_checkpoints=train_cell - sum(timed.values()), **timed,
                          plots=in_cells - imports - train_cell, total=total))
     return pd.DataFrame(rows, columns=BREAKDOWN)
-
-# %% ../nbs/07_experiments.ipynb #c0e41075
-def _root(s:str) -> tuple:
-    if '=' not in s: raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {s!r}")
-    k, v = s.split('=', 1); return k, v
-
-def _has_gpu() -> bool:
-    import torch
-    return torch.cuda.is_available()
-
-def _positive(s:str) -> int:
-    try: v = int(s)
-    except ValueError: v = 0
-    if v < 1: raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {s!r}")
-    return v
-
-def _extra_loss(s:str) -> tuple:
-    "'[NAME=]package.module:Class' as (name, import path); the name defaults to the class's, lower-cased."
-    name, _, path = s.rpartition('=') if '=' in s else ('', '', s)
-    if ':' not in path: raise argparse.ArgumentTypeError(f"expected [NAME=]package.module:Class, got {s!r}")
-    return name or path.rsplit(':', 1)[1].lower(), path
-
-def reproduce_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='pat-reproduce', description='Rebuild the paper\'s tables and figures.',
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--preset', choices=list(PRESETS), default='cpu', help='; '.join(f"{k}: {v.description}" for k, v in PRESETS.items()).replace('%', '%%'))
-    p.add_argument('--tables', type=int, nargs='+', choices=list(TABLE_MODELS), default=[1, 2, 3], help='paper tables (table presets)')
-    p.add_argument('--out', default='runs/reproduce', help='output folder (runs, notebooks, report)')
-    p.add_argument('--root', type=_root, action='append', default=[], metavar='NAME=PATH', help='a real dataset\'s folder')
-    p.add_argument('--epochs', type=_positive, help='override the preset\'s epochs')
-    p.add_argument('--extra-loss', type=_extra_loss, action='append', default=[], metavar='[NAME=]MODULE:CLASS',
-                   help='your own loss (an importable nn.Module class), run and reported like the built-in ones')
-    p.add_argument('--seeds', type=_positive, help='run every configuration with seeds 0..N-1 (default: the preset\'s)')
-    p.add_argument('--jobs', type=_positive,
-                   help='runs at once on a CPU, the cores split between them (each run its own process); default: one per core, or 1 on a GPU without --devices')
-    p.add_argument('--devices', type=lambda s: [d for d in s.split(',') if d], help='GPUs to place runs on, e.g. 0,1 (one visible device per run)')
-    p.add_argument('--runs-per-device', type=_positive, default=3,
-                   help='runs at once on each GPU of --devices (3: what the cost model, 06a_cost, fits on an 80 GiB H100 with 16 cores)')
-    p.add_argument('--cache', help='folder for decoded-image caches of real datasets (default: OUT/cache)')
-    p.add_argument('--engine', choices=('papermill', 'inprocess'), default='papermill')
-    p.add_argument('--skip', nargs='*', choices=('theory', 'bench', 'runs', 'report'), default=[], help='steps to leave out')
-    p.add_argument('--dry-run', action='store_true', help='list the runs and exit')
-    from pat_nbdev.launch import add_launch_args  # imported here, not at the top: pat_nbdev.launch imports this module
-    return add_launch_args(p)
-
-# %% ../nbs/07_experiments.ipynb #962cf6e8
-def _step(name, fn, log):
-    t0 = time.perf_counter(); print(f"== {name}", flush=True)
-    try: fn(); log[name] = f"ok ({time.perf_counter() - t0:.0f} s)"
-    except Exception as e: log[name] = f"FAILED: {type(e).__name__}: {e}"; traceback.print_exc()
-    print(f"   {name}: {log[name]}", flush=True)
-
-BENCH_SHAPE = (4, 20, 128, 256)  # logits of the loss benchmark in pat-reproduce: Fig. 6's cost panel (pat-bench losses for the full size)
-OUTPUTS = {'report': 'tables (csv, md) and figures', 'runs': 'one folder per run (metrics.json, history.csv, examples.npz, train_run.ipynb)',
-           'notebooks': 'executed theory and report notebooks', 'bench': 'loss speed and memory', 'cache': 'decoded images of the real datasets'}
-
-def main(argv=None):
-    "`pat-reproduce`: runs, report, theory figures and the loss benchmark under `--out`."
-    from pat_nbdev.launch import launcher_from_args, launch_batch, launch_status, sbatch_script
-    p = reproduce_parser(); a = p.parse_args(argv)
-    preset, out, roots = PRESETS[a.preset], Path(a.out).resolve(), {k: str(Path(v).resolve()) for k, v in a.root}  # runs start in their own folders
-    try: launch = launcher_from_args(a, out, argv)  # None: no --launcher, the runs stay on this machine (run_batch)
-    except ValueError as e: p.error(str(e))
-    seeds = a.seeds or preset.seeds
-    extra = dict(a.extra_loss)
-    try: [resolve_loss(path) for path in extra.values()]
-    except ValueError as e: p.error(f"--extra-loss: {e}")
-    runs = plan_runs(a.tables, list(preset.datasets), seeds, preset, extra)
-    overrides = dict(epochs=a.epochs, cache=str(Path(a.cache).resolve()) if a.cache else str(out / 'cache'))
-    try: configs = [run_config(r, preset, out / 'runs', roots, **overrides) for r in runs]
-    except ValueError as e: p.error(str(e))
-    what = f"methods {list(dict.fromkeys(r.loss_tag for r in runs))}" if preset.methods else f"tables {a.tables}"
-    print(f"{len(runs)} runs ({seeds} seed(s)) for {what}, preset {a.preset!r}: {preset.description}")
-    if a.dry_run:
-        for c in configs: print('  ', Path(c['out']).relative_to(out / 'runs'))
-        if launch and a.launcher == 'slurm': print(sbatch_script(launch['executor'], len(configs), launch['max_parallel']))
-        return 0
-    jobs = a.jobs or (1 if _has_gpu() and not a.devices else os.cpu_count() or 1)  # GPU without --devices: one run at a time on it
-    slots = job_slots(jobs, a.devices, a.runs_per_device) if a.devices or jobs > 1 else None
-    log = {}
-    skip = set(a.skip) | ({'theory', 'runs', 'bench'} if a.report_only else set()) | ({'theory', 'report', 'bench'} if a.detach else set())
-    if 'theory' not in skip:
-        _step('theory', lambda: execute_notebook(notebook_path('03_theory.ipynb'), out / 'notebooks' / '03_theory.ipynb',
-                                                 {'fig_dir': str(out / 'report')}), log)
-    if 'runs' not in skip:
-        batch = (lambda: launch_batch(configs, out, engine=a.engine, **launch)) if launch else (lambda: run_batch(configs, out / 'runs', a.engine, slots))
-        _step('runs', lambda: log.update(batch=batch()), log)
-    if a.report_only and (out / 'slurm' / 'submitted.json').exists():  # a batch submitted with --launcher: where its runs stand
-        log['batch'] = launch_status(out)
-        if log['batch']['running']: print(f"{len(log['batch']['running'])} run(s) still queued or running, not in the report:",
-                                          *[f"  {k}: {v}" for k, v in log['batch']['running'].items()], sep='\n')
-    if 'bench' not in skip:
-        from pat_nbdev import bench
-        _step('bench', lambda: bench.main(['losses', '--out', str(out / 'bench'), '--shape', *map(str, BENCH_SHAPE), '--repeats', '5']), log)
-    if 'report' not in skip and collect_runs(out / 'runs', warn=lambda m: None).empty:
-        print(f"report: no finished run under {out / 'runs'}, nothing to report"); log['report'] = 'FAILED: no finished run'
-    elif 'report' not in skip:
-        _step('report', lambda: execute_notebook(notebook_path('report.ipynb'), out / 'notebooks' / 'report.ipynb', dict(
-            runs_dir=str(out / 'runs'), report_dir=str(out / 'report'), tables=[] if preset.methods else list(a.tables),
-            preset_description=preset.description, bench_dir=str(out / 'bench'))), log)
-    failed = log.get('batch', {}).get('failed', {})
-    print(f"\nOutputs under {out}:", *[f"  {k + '/':<11} {v}" for k, v in OUTPUTS.items() if (out / k).exists()], sep='\n')
-    if failed: print(f"{len(failed)} run(s) failed, see {out / 'runs' / 'failures.json'}:", *[f"  {k}: {v}" for k, v in failed.items()], sep='\n')
-    return 1 if failed or any(str(v).startswith('FAILED') for v in log.values()) else 0

@@ -35,7 +35,8 @@ def caption(df:pd.DataFrame, data_key:str|None=None) -> str:
 def run_dataset(run_dir, split:str='train'):
     "Split `split` of the dataset a run trained on, opened from its `config.json` (through its decoded-image cache when it had one)."
     cfg = json.loads((Path(run_dir) / 'config.json').read_text())
-    return open_split(cfg['dataset'], cfg.get('root'), split, cfg.get('data_kw'), cfg.get('cache'), progress=False)
+    near = lambda p: p if p is None or Path(p).is_absolute() else str(Path(run_dir) / p)  # a finished run records them relative to itself
+    return open_split(cfg['dataset'], near(cfg.get('root')), split, cfg.get('data_kw'), near(cfg.get('cache')), progress=False)
 
 def plot_imbalance(df:pd.DataFrame) -> plt.Figure:
     "Fig. 2: pixel share (bars, log scale) and presence (dots) per class of each dataset's training split, head/body/tail coloured."

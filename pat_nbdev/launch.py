@@ -4,23 +4,65 @@
 
 # %% ../nbs/07b_launch.ipynb #52d93f7b
 from __future__ import annotations
-import argparse, json, os, shlex, sys, time
+import argparse, contextlib, io, json, os, re, shlex, signal, subprocess, sys, threading, time
 from pathlib import Path
 import submitit
-from submitit.core.utils import FailedJobError, JobPaths
+from submitit.core.utils import FailedJobError, JobPaths, UncompletedJobError
 from submitit.helpers import Checkpointable
 from tqdm.auto import tqdm
-from .experiments import execute_run, run_finished, _positive
+from .argtypes import positive_int
+from .experiments import execute_run, run_finished
 
 # %% auto #0
-__all__ = ['ACTIVE', 'LAUNCH_OPTIONS', 'LAUNCH_FLAGS', 'RunJob', 'make_executor', 'sbatch_script', 'job_error', 'launch_status',
-           'launch_batch', 'add_launch_args', 'report_command', 'launcher_from_args']
+__all__ = ['RULE', 'ACTIVE', 'SQUEUE_FORMAT', 'LAUNCH_OPTIONS', 'LAUNCH_FLAGS', 'RunJob', 'make_executor', 'sbatch_script',
+           'job_error', 'launch_status', 'SubmissionRefused', 'launch_batch', 'add_launch_args', 'report_command',
+           'launcher_from_args']
 
 # %% ../nbs/07b_launch.ipynb #b12b0693
+class _SigtermNoted:
+    "Within `with`: `.at`, when this process got SIGTERM (None: not yet); the handler in place before is still called."
+    def __enter__(self):
+        self.at, self.before = None, signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, self._note); return self
+    def _note(self, signum, frame):
+        self.at = self.at or time.time()
+        if callable(self.before): self.before(signum, frame)  # submitit's: logs it
+    def __exit__(self, *exc):
+        if self.before is not None: signal.signal(signal.SIGTERM, self.before)
+
+def _cause(e:BaseException|None, kind:type) -> BaseException|None:
+    "`e`, or the exception of `kind` it was raised from or while handling (papermill may wrap what the signal handler raised)."
+    for _ in range(20):
+        if e is None or isinstance(e, kind): return e
+        e = e.__cause__ or e.__context__
+
+def _on_slurm() -> bool: return os.environ.get('SUBMITIT_EXECUTOR') == 'slurm' and threading.current_thread() is threading.main_thread()
+
+def _rename_job(name:str):
+    "Show `name` for this Slurm job in `squeue` and `sacct` (a cluster that refuses is no reason to stop the run)."
+    env = os.environ  # an array task by <array>_<index>: its SLURM_JOB_ID may be the array's own, which names every task
+    job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" if 'SLURM_ARRAY_TASK_ID' in env else env.get('SLURM_JOB_ID')
+    try: job and subprocess.run(['scontrol', 'update', f'JobId={job}', f'JobName={name}'], capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError): pass
+
 class RunJob(Checkpointable):
-    "One run as a submitit job: `execute_run(cfg, engine)`; requeued when its time is up, and then resumed from its last checkpoint."
-    def __call__(self, cfg:dict, engine:str='papermill') -> str:
-        return str(execute_run(cfg, engine))
+    "One run as a submitit job: `execute_run(cfg, engine)`, named `name` in `squeue`; requeued at its time limit, then resumed."
+    stop_wait_s = 600  # on Slurm, a run failing after SIGTERM waits this long for the SIGKILL before it reports its error
+    def run(self, cfg:dict, engine:str): return execute_run(cfg, engine)
+    def __call__(self, cfg:dict, engine:str='papermill', name:str|None=None) -> str:
+        if not _on_slurm(): return str(self.run(cfg, engine))
+        if name: _rename_job(f'pat:{name}')
+        with _SigtermNoted() as term:
+            try: return str(self.run(cfg, engine))
+            except Exception as e:
+                if late := _cause(e, UncompletedJobError):  # submitit's, at the time limit's warning once the requeues are used up
+                    raise TimeoutError(f"stopped by its Slurm time limit on every attempt ({late}): "
+                                       "give the runs a longer --slurm-time") from None
+                if term.at:
+                    print("pat: Slurm is stopping this job (SIGTERM: a requeue, preemption, scancel or the time limit): no result is "
+                          "written, the job's Slurm state says what happened", file=sys.stderr, flush=True)
+                    time.sleep(self.stop_wait_s)  # SIGKILL comes after the cluster's KillWait
+                raise
 
 # %% ../nbs/07b_launch.ipynb #8cfe3478
 class _OfflineSlurmExecutor(submitit.SlurmExecutor):
@@ -31,15 +73,15 @@ class _OfflineSlurmExecutor(submitit.SlurmExecutor):
 def _mem(gb:float) -> str: return f"{int(gb)}G" if gb == int(gb) else f"{round(gb * 1024)}M"
 
 def make_executor(launcher:str, folder, partition:str|None=None, gpus_per_run:int=1, time_min:int=240, cpus_per_run:int|None=None,
-                  mem_gb:float|None=None, extra:dict|None=None, name:str='pat', offline:bool=False) -> submitit.Executor:
-    "A submitit executor for `launcher` ('slurm' or 'local') writing pickles and logs to `folder/%j`."
+                  mem_gb:float|None=None, extra:dict|None=None, name:str='pat', offline:bool=False, requeues:int=3) -> submitit.Executor:
+    "A submitit executor for `launcher` ('slurm' or 'local') writing pickles and logs to `folder/%j`; Slurm requeues a run `requeues` times."
     folder = Path(folder).resolve() / '%j'
     if launcher == 'local':
         ex = submitit.LocalExecutor(folder)
         ex.update_parameters(timeout_min=time_min, gpus_per_node=gpus_per_run)
         return ex
     if launcher != 'slurm': raise ValueError(f"unknown launcher {launcher!r}; choose 'local' or 'slurm'")
-    ex = (_OfflineSlurmExecutor if offline else submitit.SlurmExecutor)(folder)
+    ex = (_OfflineSlurmExecutor if offline else submitit.SlurmExecutor)(folder, max_num_timeout=requeues)
     params = dict(job_name=name, partition=partition, gpus_per_node=gpus_per_run or None, time=time_min, cpus_per_task=cpus_per_run,
                   mem=_mem(mem_gb) if mem_gb else None, additional_parameters=extra or None)
     ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
@@ -53,23 +95,28 @@ def sbatch_script(executor:submitit.SlurmExecutor, n_jobs:int, max_parallel:int=
     return _make_sbatch_string(command=executor._submitit_command_str, folder=executor.folder, map_count=n_jobs, **params)
 
 # %% ../nbs/07b_launch.ipynb #0c293746
-def _last_line(text:str|None) -> str:
+def _last_line(text:str|None, slurm:bool=False) -> str:
+    "The last line of `text` that is not blank; `slurm`: slurmstepd's last `*** JOB ... ***` line if there is one (what stopped the job)."
     lines = [l.strip() for l in (text or '').splitlines() if l.strip()]
+    if slurm: lines = [l for l in lines if '***' in l] or lines
     return lines[-1] if lines else ''
+
+RULE = '\n' + '-' * 22 + '\n'  # submitit frames a run's traceback between two lines of 22 dashes (papermill's own are longer)
+
+def _state(job:submitit.Job) -> str: return str(job.state)  # Slurm's (sacct), e.g. 'OUT_OF_MEMORY', 'CANCELLED by 1234'
+def _word(job:submitit.Job) -> str: return (_state(job).split() or [''])[0].upper()
 
 def job_error(job:submitit.Job) -> str|None:
     "Why finished `job` failed, in one line with its log file: the run's exception, or the state it ended in (None: it succeeded)."
     if job.paths.result_pickle.exists():
         e = job.exception()
         if e is None: return None
-        parts = str(e).split('-' * 22)  # submitit frames the traceback between two rules
-        line = _last_line(parts[1] if isinstance(e, FailedJobError) and len(parts) > 2 else str(e))
+        text = str(e)
+        line = _last_line(text.rsplit(RULE, 1)[0] if isinstance(e, FailedJobError) and RULE in text else text)
     else:
-        last = _last_line(job.stderr())
+        last = _last_line(job.stderr(), slurm=True)
         line = f"the job ended without a result (state {_state(job)})" + (f": {last}" if last else '')
     return f"{line} (log: {job.paths.stderr})"
-
-def _state(job:submitit.Job) -> str: return str(job.state)  # Slurm's (sacct), e.g. 'OUT_OF_MEMORY', 'CANCELLED by 1234'
 
 # %% ../nbs/07b_launch.ipynb #616799de
 ACTIVE = ('PENDING', 'RUNNING', 'REQUEUED', 'REQUEUE_HOLD', 'REQUEUE_FED', 'CONFIGURING', 'COMPLETING', 'RESIZING', 'SUSPENDED')  # Slurm: not over yet
@@ -78,10 +125,16 @@ def _job(rec:dict, slurm_dir) -> submitit.Job:
     "The job of a `submitted.json` record, attached again from its id."
     return (submitit.SlurmJob if rec['launcher'] == 'slurm' else submitit.LocalJob)(folder=Path(slurm_dir) / '%j', job_id=rec['job_id'])
 
+def _over(job:submitit.Job) -> bool:
+    "Whether `job` has ended for good: not while Slurm holds it (a requeued job is not over); UNKNOWN to sacct: once it left a result."
+    word = _word(job)
+    if word in ACTIVE: return False
+    return word != 'UNKNOWN' or not isinstance(job, submitit.SlurmJob) or job.paths.result_pickle.exists()
+
 def _status(job:submitit.Job, run_out) -> tuple[str, str|None]:
     "('done', None), ('running', state) or ('failed', why) for a run folder and its job."
     if run_finished(run_out): return 'done', None
-    if not job.paths.result_pickle.exists() and (_state(job).split() or [''])[0].upper() in ACTIVE: return 'running', _state(job)
+    if not _over(job): return 'running', _state(job)
     return 'failed', job_error(job) or f"the job returned but {Path(run_out) / 'metrics.json'} is missing or invalid (log: {job.paths.stderr})"
 
 def launch_status(out, write:bool=True) -> dict:
@@ -110,12 +163,32 @@ def _record(out:Path, launched:list, launcher:str, array:dict|None=None):
     if array: sub['arrays'].append(array)
     path.write_text(json.dumps(sub, indent=2))
 
+SQUEUE_FORMAT = '%.12i %.40j %.9T %.10M %R'  # job id, name (pat:<run> once running), state, time, node or why pending
+
 def _detached_message(array:dict, out:Path, report_cmd:str) -> str:
     a = array['id']
     return (f"Submitted {array['runs']} runs as Slurm job array {a} (at most {array['max_parallel']} at once).\n"
             f"  logs:   {out / 'slurm'}/{a + '_<index>' if array['runs'] > 1 else a}/  (run -> job id: {out / 'slurm' / 'submitted.json'})\n"
-            f"  check:  squeue -j {a}    or    sacct -X -j {a} --format=JobID,State,Elapsed\n"
+            f"  check:  squeue -j {a} -o '{SQUEUE_FORMAT}'    or    sacct -X -j {a} --format=JobID,JobName%40,State,Elapsed\n"
             f"  report: {report_cmd}    (once squeue -j {a} is empty; it lists the runs still missing)")
+
+# %% ../nbs/07b_launch.ipynb #7c16467b
+class SubmissionRefused(RuntimeError):
+    "sbatch refused the job array (a partition, GPU request, time limit or account the cluster does not accept): nothing was submitted."
+
+def _sbatch_reason(e:Exception) -> str:
+    "sbatch's own reason in one line: its error lines, without their 'sbatch: error:' prefix."
+    lines = [re.sub(r'^sbatch:\s*error:\s*', '', l.strip()) for l in str(e).splitlines()]
+    return '; '.join(dict.fromkeys(l for l in lines if l)) or type(e).__name__
+
+def _refused(e:Exception, folder:Path, n:int, before:set) -> SubmissionRefused:
+    "The `SubmissionRefused` of an array of `n` runs; of what submitit wrote in `folder` since `before`, its script kept, pickles removed."
+    script = None
+    for f in set(folder.iterdir()) - before:
+        if f.name.startswith('.submission_file_'): script = f.replace(folder / 'refused.sbatch')
+        elif f.suffix == '.pkl': f.unlink()
+    why = f"sbatch refused the job array of {n} run(s): {_sbatch_reason(e)}"
+    return SubmissionRefused(why + (f" (script: {script})" if script else ''))
 
 # %% ../nbs/07b_launch.ipynb #c5006bdd
 def launch_batch(configs:list[dict], out, executor:submitit.Executor, engine:str='papermill', max_parallel:int=16, wait:bool=True,
@@ -128,15 +201,22 @@ def launch_batch(configs:list[dict], out, executor:submitit.Executor, engine:str
     prev = json.loads((out / 'slurm' / 'submitted.json').read_text())['runs'] if (out / 'slurm' / 'submitted.json').exists() else {}
     flying = {n: s for n, s in launch_status(out, write=False)['running'].items() if prev[n]['launcher'] == 'slurm'} if slurm else {}
     todo = [c for c in configs if not run_finished(c['out']) and _name(c, runs_root) not in flying]
-    if not slurm:  # a share of the cores each, as run_batch's slots (a GPU run ignores it)
-        threads = max(1, (os.cpu_count() or 1) // max(1, max_parallel))  # not from the runs left: a resumed run must get the same threads
-        todo = [c if c.get('threads') else {**c, 'threads': threads} for c in todo]
+    # torch threads per run, not from the runs left (a resumed run must get the same): Slurm's CPUs per task, or a share of the cores
+    threads = executor.parameters.get('cpus_per_task') if slurm else max(1, (os.cpu_count() or 1) // max(1, max_parallel))
+    if threads: todo = [c if c.get('threads') else {**c, 'threads': threads} for c in todo]
     print(f"{len(configs)} runs: {len(kept)} finished and kept" + (f", {len(flying)} still queued or running in an earlier job" if flying else '')
           + f", {len(todo)} to submit ({launcher}, at most {max_parallel} at once; logs in {out / 'slurm'})", flush=True)
-    running, queue = [], list(todo)
+    running, queue, folder = [], list(todo), JobPaths.get_first_id_independent_folder(executor.folder)
     def submit(cfgs, first=False):
-        jobs = executor.map_array(RunJob(), cfgs, [engine] * len(cfgs))
-        launched, a = [(_name(c, runs_root), c, j) for c, j in zip(cfgs, jobs)], jobs[0].job_id.split('_')[0]
+        folder.mkdir(parents=True, exist_ok=True); before, names = set(folder.iterdir()), [_name(c, runs_root) for c in cfgs]
+        said, refused = io.StringIO(), None  # submitit prints sbatch's refusal as well: it is said once, in SubmissionRefused
+        try:
+            with contextlib.redirect_stderr(said): jobs = executor.map_array(RunJob(), cfgs, [engine] * len(cfgs), names)
+        except FailedJobError as e: refused = _refused(e, folder, len(cfgs), before)
+        finally:
+            if refused is None: sys.stderr.write(said.getvalue())
+        if refused: raise refused
+        launched, a = list(zip(names, cfgs, jobs)), jobs[0].job_id.split('_')[0]
         array = dict(id=a, launcher=launcher, runs=len(jobs), max_parallel=max_parallel, engine=engine, submitted=time.strftime('%Y-%m-%d %H:%M:%S'),
                      sbatch=str(JobPaths(executor.folder, a).submission_file) if slurm else None)
         _record(out, launched, launcher, array if first else None); running.extend(launched)
@@ -147,17 +227,25 @@ def launch_batch(configs:list[dict], out, executor:submitit.Executor, engine:str
     if not wait:
         if todo: print(_detached_message(array, out, report_cmd), flush=True)
         return dict(done=kept, failed={}, submitted=[n for n, _, _ in running])
+    if first and slurm: print(f"Slurm job array {array['id']}: squeue -j {array['id']} -o '{SQUEUE_FORMAT}'", flush=True)
     running += [(n, dict(out=prev[n]['out']), _job(prev[n], out / 'slurm')) for n in flying]  # an earlier array's jobs: waited for too
     return _wait(running, queue, submit, kept, out, poll_s or (10 if slurm else 1))
 
 # %% ../nbs/07b_launch.ipynb #ffbccc2d
+def _refresh_slurm_states():
+    "One `sacct` call for every Slurm job of this process, asking again about those submitit deemed over while Slurm still held them."
+    w = submitit.SlurmJob.watcher  # submitit counts CONFIGURING, SUSPENDED, REQUEUE_HOLD... as over, and stops asking
+    w._finished -= {j for j in w._finished if (w._info_dict.get(j, {}).get('State') or 'X').split()[0].upper() in ACTIVE}
+    w.update()
+
 def _wait(running:list, queue:list, submit, kept:list, out:Path, poll_s:float) -> dict:
-    "A progress bar over the jobs as they finish, topping up from `queue`; done/failed as `run_batch`, and `failures.json`."
-    done, failed = list(kept), {}
+    "A progress bar over the jobs as they end, topping up from `queue`; done/failed as `run_batch`, and `failures.json`."
+    done, failed, t0 = list(kept), {}, time.monotonic()
     bar = tqdm(total=len(running) + len(queue), desc='jobs', unit='run', disable=not running)
     try:
         while running:
-            finished = [r for r in running if r[2].done()]
+            if any(isinstance(r[2], submitit.SlurmJob) for r in running): _refresh_slurm_states()
+            finished = [r for r in running if _over(r[2])]
             for r in finished:
                 running.remove(r)
                 status, why = _status(r[2], r[1]['out'])
@@ -165,7 +253,7 @@ def _wait(running:list, queue:list, submit, kept:list, out:Path, poll_s:float) -
                 else: failed[r[0]] = why
                 bar.update(); bar.set_postfix_str(r[0])
             if finished and queue: submit(queue[:len(finished)]); del queue[:len(finished)]
-            if running and not finished: time.sleep(poll_s)
+            if running and not finished: time.sleep(min(poll_s, 1 + (time.monotonic() - t0) / 10))  # 1 s at first, then every poll_s
     except KeyboardInterrupt:
         local = [r[2] for r in running if isinstance(r[2], submitit.LocalJob)]
         for job in local: job.cancel()
@@ -176,6 +264,13 @@ def _wait(running:list, queue:list, submit, kept:list, out:Path, poll_s:float) -
     return dict(done=done, failed=failed)
 
 # %% ../nbs/07b_launch.ipynb #ac4a42e3
+def _count(s:str) -> int:
+    "A whole number of at least 0."
+    try: v = int(s)
+    except ValueError: v = -1
+    if v < 0: raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {s!r}")
+    return v
+
 def _key_value(s:str) -> tuple:
     if '=' not in s: raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
     k, v = s.split('=', 1); return k.strip().lstrip('-'), v
@@ -186,16 +281,18 @@ def add_launch_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument('--launcher', choices=('local', 'slurm'), help='submit the runs as one submitit job array to Slurm, or to local processes (default: --jobs/--devices)')
     g.add_argument('--slurm-partition', help='Slurm partition (default: the cluster\'s)')
     g.add_argument('--slurm-gpus-per-run', type=int, default=1, help='GPUs per run')
-    g.add_argument('--slurm-time', type=int, default=240, help='time limit per run, minutes; a run stopped by it is requeued and resumes (3 times at most)')
+    g.add_argument('--slurm-time', type=positive_int, default=240,
+                   help='time limit per run, minutes; a run stopped by it is requeued and resumes from its checkpoint (see --slurm-requeues)')
+    g.add_argument('--slurm-requeues', type=_count, default=3, help='times a run stopped by --slurm-time is requeued before it is reported')
     g.add_argument('--slurm-cpus-per-run', type=int, help='CPUs per run (default: the cluster\'s)')
     g.add_argument('--slurm-mem-gb', type=float, help='memory per run, GB (default: the cluster\'s)')
-    g.add_argument('--slurm-max-parallel', type=_positive, default=16, help='runs at once (the array\'s %%K; also for --launcher local)')
+    g.add_argument('--slurm-max-parallel', type=positive_int, default=16, help='runs at once (the array\'s %%K; also for --launcher local)')
     g.add_argument('--slurm-extra', type=_key_value, action='append', default=[], metavar='KEY=VALUE', help='any other sbatch option, e.g. account=proj, qos=high, gres=gpu:a100:1')
     g.add_argument('--detach', action='store_true', help='submit and return (Slurm); build the report later with --report-only')
     g.add_argument('--report-only', action='store_true', help='run and submit nothing: build the report from the runs under --out and list those missing')
     return p
 
-LAUNCH_OPTIONS = ('--launcher', '--slurm-partition', '--slurm-gpus-per-run', '--slurm-time', '--slurm-cpus-per-run', '--slurm-mem-gb',
+LAUNCH_OPTIONS = ('--launcher', '--slurm-partition', '--slurm-gpus-per-run', '--slurm-time', '--slurm-requeues', '--slurm-cpus-per-run', '--slurm-mem-gb',
                   '--slurm-max-parallel', '--slurm-extra', '--jobs', '--devices', '--runs-per-device', '--engine')  # options with a value
 LAUNCH_FLAGS = ('--detach', '--dry-run', '--report-only')
 
@@ -213,6 +310,7 @@ def launcher_from_args(a:argparse.Namespace, out, argv=None) -> dict|None:
     if a.detach and a.launcher != 'slurm': raise ValueError('--detach needs --launcher slurm')
     if not a.launcher or a.report_only: return None
     try: ex = make_executor(a.launcher, Path(out) / 'slurm', a.slurm_partition, a.slurm_gpus_per_run, a.slurm_time, a.slurm_cpus_per_run,
-                            a.slurm_mem_gb, dict(a.slurm_extra), name=f"pat-{getattr(a, 'preset', 'run')}", offline=getattr(a, 'dry_run', False))
+                            a.slurm_mem_gb, dict(a.slurm_extra), name=f"pat-{getattr(a, 'preset', 'run')}", offline=getattr(a, 'dry_run', False),
+                            requeues=a.slurm_requeues)
     except RuntimeError as e: raise ValueError(f"--launcher slurm: {e} (run pat-reproduce on the cluster's login node)") from e
     return dict(executor=ex, max_parallel=a.slurm_max_parallel, wait=not a.detach, report_cmd=report_command(sys.argv[1:] if argv is None else argv))

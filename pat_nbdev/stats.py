@@ -4,12 +4,15 @@
 
 # %% ../nbs/07a_stats.ipynb #7fec09ea
 from __future__ import annotations
+from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import stats
+from .experiments import PAPER_DIR, TAUS
 
 # %% auto #0
-__all__ = ['LOWER_IS_BETTER', 'seed_summary', 'mean_std_cells', 't_interval', 'verdict', 'paired_comparison', 'verdict_sentence']
+__all__ = ['LOWER_IS_BETTER', 'PAPER_TABLES', 'seed_summary', 'mean_std_cells', 't_interval', 'verdict', 'paired_comparison',
+           'verdict_sentence', 'paper_table', 'beside_paper']
 
 # %% ../nbs/07a_stats.ipynb #0164fa64
 def seed_summary(df:pd.DataFrame, by=('data_key', 'model', 'method'), metrics=('miou', 'miou_tail')) -> pd.DataFrame:
@@ -74,7 +77,32 @@ def verdict_sentence(row, metric:str='miou', reference:str='PAT') -> str:
     name = {'miou': 'mIoU', 'miou_tail': 'tail mIoU'}.get(metric, metric)
     n = row.get(f'{metric} n', row['seeds'])
     if np.isnan(d): return f"{row['data_key']}, {row['model']}: {reference} minus {row['baseline']}: {name} undefined (NaN) in every seed."
-    if np.isnan(lo): return f"{row['data_key']}, {row['model']}: {reference} minus {row['baseline']} = {d:+.1f} points of {name} ({n} seed: no interval, no verdict)."
+    if np.isnan(lo): return (f"{row['data_key']}, {row['model']}: {reference} minus {row['baseline']} = {d:+.1f} points of {name} "
+                             f"({n} seed: no interval, no verdict).")
     word = {'gain': 'ahead of', 'loss': 'behind', 'within the spread': 'within the spread of'}[v]
     return (f"{row['data_key']}, {row['model']}: {reference} is {word} {row['baseline']} on {name}: {d:+.1f} points "
             f"(95 % t interval {lo:+.1f} to {hi:+.1f}, {n} seeds).")
+
+# %% ../nbs/07a_stats.ipynb #6b1d2e40
+PAPER_TABLES = {1: ('table1_segnet.csv', ['loss']), 2: ('table2_models.csv', ['model', 'loss']), 3: ('table3_tau.csv', ['model', 'tau'])}
+
+def paper_table(table:int, paper_dir=None) -> pd.DataFrame:
+    "The paper's Table `table` (1, 2 or 3), indexed as `results_table` indexes ours; columns (dataset, metric)."
+    name, index = PAPER_TABLES[table]
+    path = Path(paper_dir or PAPER_DIR) / name
+    if not path.exists(): raise FileNotFoundError(f"the paper's Table {table} is missing: no {path} (reinstall pat_nbdev)")
+    p = pd.read_csv(path)
+    if 'method' in p: p['loss'] = p.method.str.lower()
+    if 'model' in p: p['model'] = p.model.str.lower().str.replace('++', 'pp')
+    if 'tau_rank' in p: p['tau'] = [TAUS[r - 1] for r in p.tau_rank]  # the paper's tau values are illegible: matched by rank
+    metrics = [m for m in ('miou', 'pix_acc', 'dice_err') if m in p]
+    return p.set_index([*index, 'dataset'])[metrics].unstack('dataset').swaplevel(0, 1, axis=1)
+
+# %% ../nbs/07a_stats.ipynb #9e4a5b73
+def beside_paper(mean:pd.DataFrame, paper:pd.DataFrame, datasets:dict) -> pd.DataFrame:
+    "`mean` (columns (data_key, metric)) with the paper's value, as `'<metric> paper'`, after each column it has for `datasets[data_key]`."
+    cols = {}
+    for key, metric in mean.columns:
+        cols[(key, metric)] = mean[(key, metric)]
+        if (datasets.get(key), metric) in paper.columns: cols[(key, f'{metric} paper')] = paper[(datasets[key], metric)].reindex(mean.index)
+    return pd.DataFrame(cols, index=mean.index)

@@ -1,13 +1,16 @@
 """pat_nbdev.launch: the batch as one submitit job array, run end to end by submitit's LocalExecutor; the Slurm side
 (sbatch script, job ids, states, a dead job) checked against submitit's own mock of sbatch/sacct/srun, without a cluster."""
-import argparse, json, os, subprocess, sys, time
+import argparse, json, os, subprocess, sys, threading, time
 from pathlib import Path
+from unittest import mock
 import pytest
 import submitit
 from submitit.core.test_core import MockedSubprocess  # what submitit's own tests use to stand in for Slurm's commands
+from submitit.core.utils import FailedJobError
+from submitit.slurm.slurm import SlurmInfoWatcher
 from pat_nbdev.experiments import Run, Preset, run_config, run_finished
-from pat_nbdev.launch import (add_launch_args, job_error, launch_batch, launch_status, launcher_from_args, make_executor,
-                              report_command, sbatch_script)
+from pat_nbdev.launch import (SubmissionRefused, add_launch_args, job_error, launch_batch, launch_status, launcher_from_args,
+                              make_executor, report_command, sbatch_script)
 
 TINY = Preset(datasets={'synthetic3': dict(dataset='synthetic', data_kw=dict(n_classes=3, size=16, n_images=8))}, epochs=1,
               model_kw=dict(width=4), train_kw=dict(max_steps=1, max_eval_steps=1))
@@ -43,13 +46,16 @@ def test_local_array_end_to_end(tmp_path, capsys):
     assert '2 finished and kept, 0 to submit' in capsys.readouterr().out
 
 def test_local_papermill_run(tmp_path):
-    "The default engine: the job executes train_run.ipynb with papermill and leaves the executed notebook."
+    "The default engine: the job executes train_run.ipynb with papermill and leaves the executed notebook; a run that raises is one line."
     t0 = time.perf_counter()
     (cfg,) = grid(tmp_path, ('ce',))
-    res = launch_batch([cfg], tmp_path, local(tmp_path), engine='papermill', max_parallel=1)
-    assert res == dict(done=['synthetic3/segnet/ce'], failed={})
+    bad = run_config(Run('synthetic3', 'segnet', 'pat', method='pat-bogus', kw=(('bogus', 1),)), TINY, tmp_path / 'runs')
+    res = launch_batch([cfg, bad], tmp_path, local(tmp_path), engine='papermill', max_parallel=2)
+    assert res['done'] == ['synthetic3/segnet/ce'] and list(res['failed']) == ['synthetic3/segnet/pat-bogus']
     assert run_finished(cfg['out']) and (Path(cfg['out']) / 'train_run.ipynb').exists()
-    assert time.perf_counter() - t0 < 120
+    why = res['failed']['synthetic3/segnet/pat-bogus']  # the run's own error, not papermill's wrapper (whose text has rules of dashes)
+    assert why.startswith('ValueError: bad hyper-parameters') and "unexpected keyword argument 'bogus'" in why, why
+    assert time.perf_counter() - t0 < 180
 
 def test_failed_run_named_with_its_log(tmp_path):
     "A run that raises is reported with its error line and its log; one at a time, the second job waits for the first."
@@ -111,7 +117,10 @@ def test_slurm_array_without_a_cluster(tmp_path, capsys, slurm_mock):
     assert '3 still queued or running in an earlier job, 0 to submit' in capsys.readouterr().out
 
     # task 0 runs as on a node: the command of the sbatch script, with Slurm's variables
+    sub_args = submitit.SlurmJob(slurm_dir / '%j', '12_1').submission().args  # what task 1 will run: its config, engine, name
+    assert (sub_args[0]['threads'], sub_args[1:]) == (4, ('inprocess', runs[1]))  # torch threads = --cpus-per-task
     env = {**os.environ, 'SUBMITIT_EXECUTOR': 'slurm', 'SLURM_JOB_ID': '20', 'SLURM_ARRAY_JOB_ID': '12', 'SLURM_ARRAY_TASK_ID': '0',
+           'SLURM_CONF': '/nonexistent/slurm.conf',  # no real cluster's job 12_0 renamed by this task's scontrol
            'SLURM_PROCID': '0', 'SLURM_LOCALID': '0', 'SLURM_NODEID': '0', 'SLURM_NTASKS': '1', 'SLURM_JOB_NUM_NODES': '1'}
     subprocess.run([sys.executable, '-u', '-m', 'submitit.core._submit', str(slurm_dir / '%j')], env=env, check=True, capture_output=True)
     assert run_finished(configs[0]['out'])
@@ -134,10 +143,85 @@ def test_options(tmp_path):
     kw = launcher_from_args(a, tmp_path, argv)  # --dry-run: built offline, without srun
     assert (kw['wait'], kw['max_parallel']) == (False, 16)
     assert '#SBATCH --qos=high' in sbatch_script(kw['executor'], 4, kw['max_parallel']).splitlines()
-    with pytest.raises(ValueError, match='login node'):  # no srun here, and no --dry-run
+    with mock.patch('shutil.which', return_value=None), pytest.raises(ValueError, match='login node'):  # no srun, no --dry-run
         launcher_from_args(add_launch_args(argparse.ArgumentParser()).parse_args(['--launcher', 'slurm']), tmp_path, [])
     with pytest.raises(ValueError, match='--detach needs --launcher slurm'):
         launcher_from_args(add_launch_args(argparse.ArgumentParser()).parse_args(['--detach']), tmp_path, [])
     assert launcher_from_args(add_launch_args(argparse.ArgumentParser()).parse_args([]), tmp_path, []) is None
     with pytest.raises(SystemExit):
         p.parse_args(['--slurm-extra', 'oops'])
+
+class RefusingSlurm(MockedSubprocess):
+    "submitit's mock, with sbatch answering as a cluster without GPUs does (and submitit's CommandFunction printing it)."
+    def sbatch(self, args):
+        said = 'sbatch: error: Invalid generic resource (gres) specification'
+        print(said, file=sys.stderr); raise FailedJobError(said)
+
+def test_refused_submission(tmp_path, capsys):
+    "sbatch's refusal is one SubmissionRefused line with its reason, said once; nothing is recorded, its pickles are gone, its script kept."
+    configs = grid(tmp_path)
+    try:
+        with RefusingSlurm(known_cmds=['srun']).context():
+            ex = make_executor('slurm', tmp_path / 'slurm', partition='debug', gpus_per_run=1)
+            with pytest.raises(SubmissionRefused) as e:
+                launch_batch(configs, tmp_path, ex, engine='inprocess', wait=False)
+    finally: submitit.SlurmJob.watcher.clear()
+    script = tmp_path / 'slurm' / 'refused.sbatch'
+    assert str(e.value) == f"sbatch refused the job array of 2 run(s): Invalid generic resource (gres) specification (script: {script})"
+    assert sorted(p.name for p in (tmp_path / 'slurm').iterdir()) == ['refused.sbatch']
+    assert '#SBATCH --gpus-per-node=1' in script.read_text().splitlines()
+    assert 'Invalid generic resource' not in capsys.readouterr().err  # not printed by submitit on top
+
+def test_requeued_job_is_still_running(tmp_path, slurm_mock):
+    "A requeued task is running, whatever result file its killed attempt left; it is over when sacct says so."
+    configs = grid(tmp_path)  # two runs: one array, tasks 12_0 and 12_1
+    with slurm_mock.context():
+        ex = make_executor('slurm', tmp_path / 'slurm', partition='P', gpus_per_run=0)
+        launch_batch(configs, tmp_path, ex, engine='inprocess', wait=False)
+        job = submitit.SlurmJob(tmp_path / 'slurm' / '%j', '12_0')
+        job.paths.folder.mkdir(parents=True, exist_ok=True)
+        job.paths.result_pickle.write_bytes(b'left by the first attempt')  # what a killed attempt used to leave
+        for state in ('REQUEUED', 'PENDING', 'RUNNING'):
+            submitit.SlurmJob.watcher.clear(); slurm_mock.set_job_state('12', state, array=2)
+            assert launch_status(tmp_path)['running'] == {'synthetic3/segnet/ce': state, 'synthetic3/segnet/pat': state}
+            assert launch_batch(configs, tmp_path, ex, engine='inprocess', wait=False)['submitted'] == []  # not submitted twice
+        submitit.SlurmJob.watcher.clear(); slurm_mock.set_job_state('12', 'CANCELLED', array=2); job.paths.result_pickle.unlink()
+        assert sorted(launch_status(tmp_path)['failed']) == ['synthetic3/segnet/ce', 'synthetic3/segnet/pat']
+
+STOPPED_RUN = """
+import os, signal, sys, time
+from pat_nbdev.launch import RunJob
+class Stopped(RunJob):
+    stop_wait_s = float(sys.argv[1])
+    def run(self, cfg, engine):
+        if sys.argv[2] == 'term': os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.1)
+        raise RuntimeError('DeadKernelError: Kernel died')
+t0 = time.time()
+try: Stopped()({'out': 'x'})
+finally: print(f"took {time.time() - t0:.2f} s")
+"""
+
+@pytest.mark.parametrize('signalled', [True, False])
+def test_run_failing_after_sigterm_waits_for_the_kill(signalled):
+    "On Slurm, a run failing after SIGTERM (its kernel killed with the job) writes no result: it waits for the kill. Else it fails at once."
+    env = {**os.environ, 'SUBMITIT_EXECUTOR': 'slurm'}
+    p = subprocess.run([sys.executable, '-c', STOPPED_RUN, '2', 'term' if signalled else 'none'], env=env, capture_output=True, text=True,
+                       timeout=300)
+    took = float(p.stdout.split('took ')[1].split()[0])
+    assert p.returncode != 0 and 'Kernel died' in p.stderr
+    assert ('Slurm is stopping this job' in p.stderr) == signalled and (took >= 2) == signalled, (took, p.stderr[-2000:])
+
+def test_wait_follows_states_submitit_deems_over(tmp_path, slurm_mock, monkeypatch):
+    "A task SUSPENDED (or CONFIGURING: over, to submitit's cache) is asked about again until sacct says it has ended."
+    configs = grid(tmp_path)
+    with slurm_mock.context():
+        ex = make_executor('slurm', tmp_path / 'slurm', partition='P', gpus_per_run=0)
+        launch_batch(configs, tmp_path, ex, engine='inprocess', wait=False)
+        monkeypatch.setattr(submitit.SlurmJob, 'watcher', SlurmInfoWatcher(delay_s=600))  # a later session: it knows only the tasks
+        slurm_mock.set_job_state('12', 'SUSPENDED', array=2)
+        threading.Timer(2, lambda: slurm_mock.set_job_state('12', 'CANCELLED', array=2)).start()
+        res = {}
+        waiting = threading.Thread(target=lambda: res.update(launch_batch(configs, tmp_path, ex, engine='inprocess', poll_s=0.2)), daemon=True)
+        waiting.start(); waiting.join(60)
+    assert not waiting.is_alive(), 'still waiting for a task sacct says was cancelled'
+    assert sorted(res['failed']) == names(configs, tmp_path) and all('CANCELLED' in why for why in res['failed'].values())

@@ -1,5 +1,7 @@
-"""The project's own conventions: nbdev skips the heavy cells, and the experiment notebooks are papermill-ready."""
-import json
+"""The project's own conventions: nbdev skips the heavy cells, the experiment notebooks are papermill-ready, the Makefile's
+targets do what the README's workflow says, and the package metadata and the lock agree."""
+import json, re, shutil, subprocess, sys
+from configparser import ConfigParser
 from pathlib import Path
 import pytest
 from nbdev.config import get_config
@@ -35,3 +37,40 @@ def test_experiment_notebooks_have_parseable_parameters(nb, caplog):
     with caplog.at_level("WARNING"):
         names = [p.name for p in PythonTranslator.inspect({"source": "".join(cells[0]["source"])})]
     assert names and "Unable to parse" not in caplog.text, caplog.text
+
+
+# ---------------------------------------------------------------- the workflow's targets and the package metadata
+def make_dry_run(target):
+    "The commands `make TARGET` would run (`make -n`), without running them."
+    if shutil.which("make") is None: pytest.skip("make is not installed")
+    return subprocess.run(["make", "-n", "--no-print-directory", target], cwd=REPO, capture_output=True, text=True, check=True).stdout
+
+def test_make_clean_keeps_runs():
+    "`make clean` used to delete runs/ (24 minutes of `make reproduce`); only `make clean-runs` does."
+    assert "runs" not in make_dry_run("clean").split()
+    assert make_dry_run("clean-runs").split() == ["rm", "-rf", "runs"]
+
+def test_make_prepare_exports_cleans_writes_readme_and_runs_the_notebooks():
+    steps = [line for line in make_dry_run("prepare").splitlines() if "pip install" not in line]
+    order = [next(i for i, line in enumerate(steps) if key in line)
+             for key in ("nbdev_export", "nbdev_clean", "make_readme.py", "nbdev_test")]
+    assert order == sorted(order), steps
+
+def settings():
+    config = ConfigParser(delimiters=["="]); config.read(REPO / "settings.ini", encoding="utf-8")
+    return config["DEFAULT"]
+
+def test_development_status_is_nbdevs():
+    "settings.ini's `status` indexes nbdev's 7-item list ('1 - Planning' ... '7 - Inactive'); a 6-item one made 3 'Production/Stable'."
+    out = subprocess.run([sys.executable, "setup.py", "--classifiers"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    status = [line for line in out.splitlines() if line.startswith("Development Status")]
+    names = "Planning|Pre-Alpha|Alpha|Beta|Production/Stable|Mature|Inactive"
+    assert len(status) == 1 and re.fullmatch(rf"Development Status :: \d - ({names})", status[0]), status
+    assert int(status[0].split(":: ")[1][0]) == int(settings()["status"]) + 1
+
+def test_dev_requirements_pin_what_the_lock_installs():
+    "The nbdev trio is pinned twice (settings.ini for `pip install .[dev]`, requirements.lock for `make install`): the same versions."
+    lock = dict(line.split("==") for line in (REPO / "requirements.lock").read_text().splitlines() if "==" in line)
+    pins = dict(req.split("==") for req in settings()["dev_requirements"].split() if "==" in req)
+    assert {"nbdev", "fastcore", "execnb"} <= set(pins)
+    assert {k: lock.get(k) for k in pins} == pins

@@ -18,7 +18,7 @@ def test_user_loss_in_a_tiny_grid(tmp_path):
     (tmp_path / "mylosses.py").write_text(LOSS)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    code = "import sys; from pat_nbdev.experiments import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from pat_nbdev.reproduce import main; sys.exit(main(sys.argv[1:]))"
     p = subprocess.run([sys.executable, "-c", code, "--preset", "tiny", "--extra-loss", "mylosses:PoweredCE", "--engine", "inprocess",
                         "--jobs", "1", "--skip", "theory", "bench", "--out", str(out)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]

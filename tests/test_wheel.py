@@ -20,7 +20,7 @@ def installed(tmp_path_factory):
 
 def reproduce(site:Path, cwd:Path, *args, timeout=600):
     "`pat-reproduce ARGS` with the installed wheel first on the path (before the editable checkout), run in `cwd`."
-    code = "import sys, pat_nbdev.experiments as e; print('package:', e.PACKAGE); sys.exit(e.main(sys.argv[1:]))"
+    code = "import sys, pat_nbdev.reproduce as r, pat_nbdev.experiments as e; print('package:', e.PACKAGE); sys.exit(r.main(sys.argv[1:]))"
     env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 

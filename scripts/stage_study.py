@@ -1,0 +1,28 @@
+"""Stage a study's finished runs for a commit: `python scripts/stage_study.py reports/camvid-study`.
+
+A study accumulates run by run across sessions and machines. Only finished runs are committed (a `metrics.json` with
+test metrics), and of each only its small files; checkpoints, logs and the executed notebook stay out (see .gitignore).
+Unfinished runs are listed and left alone: the study's command resumes them from their checkpoints.
+"""
+import subprocess, sys
+from pathlib import Path
+from pat_nbdev.experiments import run_finished
+
+SMALL_FILES = ('config.json', 'metrics.json', 'history.csv', 'examples.npz', 'provenance.json')
+
+
+def main(study: str) -> int:
+    runs = Path(study) / 'runs'
+    if not runs.is_dir(): sys.exit(f"stage_study: {runs} is not a folder; expected a study folder made by pat-reproduce --out")
+    folders = sorted({p.parent for p in runs.rglob('config.json') if '.replaced' not in p.parts})
+    finished = [f for f in folders if run_finished(f)]
+    files = [str(f / n) for f in finished for n in SMALL_FILES if (f / n).exists()]
+    if files: subprocess.run(['git', 'add', '--', *files], check=True)
+    print(f"staged {len(finished)} finished run(s) of {study}; not finished: "
+          f"{', '.join(str(f.relative_to(runs)) for f in folders if f not in finished) or 'none'}")
+    return 0
+
+
+if __name__ == '__main__':
+    if len(sys.argv) != 2: sys.exit(__doc__.splitlines()[0])
+    sys.exit(main(sys.argv[1]))
