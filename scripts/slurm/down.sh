@@ -8,9 +8,12 @@ die() { echo "scripts/slurm/down.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "needs root (the daemons run as root and munge); nothing stopped"
 [ -d "$DIR" ] || { echo "no cluster in $DIR: nothing to stop"; exit 0; }
 
+running() {  # running PID NAME: whether PID is still daemon NAME (an exited one, a zombie until reaped, is not)
+  [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ] && ! grep -qE '^[0-9]+ \(.*\) Z' "/proc/$1/stat" 2>/dev/null
+}
 ours() {  # ours NAME: the PID of daemon NAME from its PID file, if that process is still NAME
   local pid; pid=$(cat "$DIR/$1.pid" 2>/dev/null) || return 1
-  [[ $pid =~ ^[0-9]+$ ]] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ] && echo "$pid"
+  [[ $pid =~ ^[0-9]+$ ]] && running "$pid" "$1" && echo "$pid"
 }
 
 if ours slurmctld >/dev/null && [ -f "$DIR/slurm.conf" ]; then  # its jobs first, while the controller can still cancel them
@@ -25,9 +28,9 @@ stopped=() left=()
 for d in slurmd slurmctld slurmdbd mariadbd munged; do
   pid=$(ours "$d") || continue
   kill -TERM "$pid" 2>/dev/null
-  for _ in $(seq 100); do [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$d" ] || break; sleep 0.1; done
-  if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$d" ]; then kill -KILL "$pid" 2>/dev/null; sleep 0.2; fi
-  if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$d" ]; then left+=("$d($pid)"); else stopped+=("$d"); fi
+  for _ in $(seq 100); do running "$pid" "$d" || break; sleep 0.1; done
+  if running "$pid" "$d"; then kill -KILL "$pid" 2>/dev/null; sleep 0.2; fi
+  if running "$pid" "$d"; then left+=("$d($pid)"); else stopped+=("$d"); fi
 done
 [ ${#left[@]} -eq 0 ] || die "could not stop ${left[*]}"
 echo "Slurm is down: stopped ${stopped[*]:-nothing (none was running)}; logs in $DIR/log/"

@@ -41,6 +41,7 @@ for port in $BASE $((BASE + 1)) $((BASE + 2)) $((BASE + 3)); do
     && die "port $port on 127.0.0.1 is taken (another Slurm or database?): set PAT_SLURM_PORT_BASE"
 done
 rm -rf "$DIR"; mkdir -p "$DIR"/{log,ctld,spool,munge,db}; chmod 755 "$DIR"
+trap '"$HERE/down.sh" >/dev/null 2>&1' EXIT  # a bring-up that fails stops what it had started
 
 HOST=$(hostname -s)
 wait_for() {  # wait_for SECONDS WHAT COMMAND...: until COMMAND succeeds
@@ -135,5 +136,6 @@ slurmd -f "$DIR/slurm.conf" -N "$HOST" || die "slurmd did not start (log: $DIR/l
 wait_for 30 "the node" bash -c "sinfo -h -N -o %T | grep -qx idle"
 wait_for 30 "accounting (sacct)" bash -c "sacctmgr -n list cluster format=cluster | grep -qw pat"
 for d in munged mariadbd slurmdbd slurmctld slurmd; do alive "$d" || die "$d is not running (logs: $DIR/log/)"; done
+trap - EXIT
 echo "Slurm is up in $(since "$t1") s ($(sinfo -h -o '%P %D node(s) %c CPUs %T'); state, logs, PID files in $DIR)."
 echo "export SLURM_CONF=$DIR/slurm.conf"
