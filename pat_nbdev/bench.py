@@ -7,7 +7,7 @@ __all__ = ['peak_extra_bytes', 'loss_candidates', 'long_tailed_target', 'bench_l
            'speed_table', 'main']
 
 # %% ../nbs/06_bench.ipynb #ea23fc66
-import argparse, os, statistics, sys, time
+import argparse, os, statistics, sys
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
@@ -21,8 +21,7 @@ from .reference import AUTHORS_LOSSES, onehot  # the authors' code, transcribed 
 from .data import get_dataset
 from .models import get_model, MODEL_NAMES
 from .train import default_preset
-from .cli import image_size
-from .argtypes import positive_int
+from .argtypes import positive_int, image_size, describe, exit_status_epilog
 from .device import resolve_device, reset_peak_memory, peak_memory_mib, autocast_dtype, needs_grad_scaler, now, seconds_per_call
 
 # %% ../nbs/06_bench.ipynb #b73421b9
@@ -155,37 +154,45 @@ def speed_table(models=None, losses=("ce", "pat"), **kw):
     return pd.DataFrame([step_time_breakdown(m, l, **kw) for m in (models or MODEL_NAMES) for l in losses])
 
 # %% ../nbs/06_bench.ipynb #e3fdcb9c
-def main(argv=None):
-    "`pat-bench losses ...` (every loss against `F.cross_entropy`) or `pat-bench training ...` (models, losses, steps); see `-h`."
-    p = argparse.ArgumentParser(prog="pat-bench", description="Benchmarks of pat_nbdev.")
+def _parser() -> tuple:
+    "The `pat-bench` parser and its sub-commands' parsers."
+    p = argparse.ArgumentParser(prog="pat-bench", description="Benchmarks of pat_nbdev.", epilog=exit_status_epilog())
     sub = p.add_subparsers(dest="what", required=True)
-    q = sub.add_parser("losses", help="forward+backward time and peak memory of every loss vs F.cross_entropy")
+    q = sub.add_parser("losses", help="forward+backward time and peak memory of every loss vs F.cross_entropy", epilog=exit_status_epilog())
     q.add_argument("--shape", type=positive_int, nargs=4, default=[8, 20, 256, 512], metavar=("B", "C", "H", "W"))
     q.add_argument("--repeats", type=positive_int, default=9)
     q.add_argument("--no-authors", dest="authors", action="store_false", help="skip the authors' implementations")
-    t = sub.add_parser("training", help="training and evaluation images/s of each model, and the loss's share of a step")
+    t = sub.add_parser("training", help="training and evaluation images/s of each model, and the loss's share of a step",
+                       epilog=exit_status_epilog())
     t.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
     t.add_argument("--losses", nargs="+", default=["ce", "pat"], choices=LOSS_NAMES)
-    t.add_argument("--n-classes", type=positive_int, default=3)
-    t.add_argument("--size", type=image_size, default=128, help="e.g. 128 or 256x512")
-    t.add_argument("--batch-size", type=positive_int, default=8)
+    t.add_argument("--n-classes", type=positive_int, default=3, help=describe("--n-classes", "default 3"))
+    t.add_argument("--size", type=image_size, default=128, help=describe("--size", "e.g. 128 or 256x512; default 128"))
+    t.add_argument("--batch-size", type=positive_int, default=8, help=describe("--batch-size", "default 8"))
     t.add_argument("--steps", type=positive_int, default=3)
-    t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on for CUDA)")
+    t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help=describe("--amp", "default: on for CUDA"))
     for q_ in (q, t):
-        q_.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
-        q_.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-        q_.add_argument("--out", default="runs/bench")
-    a = p.parse_args(argv)
-    if a.device == "cuda" and not torch.cuda.is_available(): p.error("--device cuda: no GPU is available")
+        q_.add_argument("--threads", type=positive_int, default=None, help=describe("--threads", "default: torch's choice"))
+        q_.add_argument("--device", default="cpu", help=describe("--device", "default cpu"))
+        q_.add_argument("--out", default="runs/bench", help=describe("--out", "the CSV goes there; default runs/bench"))
+    return p, sub.choices
+
+def main(argv=None):
+    "`pat-bench losses ...` (every loss against `F.cross_entropy`) or `pat-bench training ...` (models, losses, steps); see `-h`."
+    p, subs = _parser(); a = p.parse_args(argv); s = subs[a.what]
+    try: dev = resolve_device(a.device)  # the check of pat-train: an unknown device, or CUDA without a GPU, is a usage error
+    except ValueError as e: s.error(str(e))
     if a.threads: torch.set_num_threads(a.threads)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    if a.what == "losses":
-        try: df, name = bench_losses(tuple(a.shape), a.repeats, a.device, a.authors), f"losses_{a.device}.csv"
-        except ValueError as e: p.exit(2, f"pat-bench losses: error: --shape {' '.join(map(str, a.shape))}: {e}\n")
-        print(to_markdown(df))
-    else:
-        df, name = speed_table(a.models, a.losses, n_classes=a.n_classes, size=a.size, batch_size=a.batch_size,
-                               steps=a.steps, device=a.device, amp=a.amp), f"training_{a.device}.csv"
-        print(df.round(3).to_markdown(index=False))
+    try:
+        if a.what == "losses":
+            try: df, name = bench_losses(tuple(a.shape), a.repeats, str(dev), a.authors), f"losses_{dev.type}.csv"
+            except ValueError as e: p.exit(2, f"pat-bench losses: error: --shape {' '.join(map(str, a.shape))}: {e}\n")
+            print(to_markdown(df))
+        else:
+            df, name = speed_table(a.models, a.losses, n_classes=a.n_classes, size=a.size, batch_size=a.batch_size,
+                                   steps=a.steps, device=str(dev), amp=a.amp), f"training_{dev.type}.csv"
+            print(df.round(3).to_markdown(index=False))
+    except KeyboardInterrupt: p.exit(130, f"\n{s.prog}: interrupted\n")
     df.to_csv(out / name, index=False)
     print(f"\nsaved {out / name}")

@@ -12,7 +12,6 @@ __all__ = ['RUN_FILES', 'NonFiniteLossError', 'LOCK_FILE', 'DIVERGED', 'DiskFull
 
 # %% ../nbs/05a_checkpoint.ipynb #ed366f89
 import os, json, math, time, random, shutil, tempfile, errno, fcntl, socket
-from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 import torch

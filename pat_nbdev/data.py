@@ -100,7 +100,7 @@ class SegDataset(Dataset):
         self.splits = check_choice(splits, ('paper', 'official'), 'splits')
         parts, self.problems = self.scan(self.root)
         if self.problems and strict:
-            more = f" (and {len(self.problems) - 1} more; run `pat-data check {self.name} {root}`)" if len(self.problems) > 1 else ''
+            more = f" (and {len(self.problems) - 1} more; run `pat-data check {self.name} --root {root}`)" if len(self.problems) > 1 else ''
             raise FileNotFoundError(self.problems[0] + more)
         self.items = self.select(parts)
     @property
@@ -142,7 +142,7 @@ def raw_pair(self:SegDataset, i:int) -> tuple[np.ndarray, np.ndarray]:
     img, lab = open_image(img_path), open_image(lab_path)
     if img.size != lab.size:
         raise ValueError(f"{lab_path}: label is {lab.size[1]}x{lab.size[0]} but its image {img_path} is {img.size[1]}x{img.size[0]}; "
-                         f"expected the same size (run `pat-data check {self.name} {self.root}`)")
+                         f"expected the same size (run `pat-data check {self.name} --root {self.root}`)")
     return rgb_array(img, self.size), label_array(lab, self.lut, self.size, self.expected, lab_path)
 
 # %% ../nbs/00_data.ipynb #35f6291c
@@ -328,7 +328,8 @@ def scan(self:CamVid, root:Path):
     if not _missing_dirs(root, [d for p in self.official for d in (p, f'{p}annot')], problems): return parts, problems
     for part in self.official:
         f = root/f'{part}.txt'
-        if not f.is_file(): problems.append(f"{f}: split list missing; expected lines '<path>/{part}/NAME.png <path>/{part}annot/NAME.png'"); continue
+        if not f.is_file():
+            problems.append(f"{f}: split list missing; expected lines '<path>/{part}/NAME.png <path>/{part}annot/NAME.png'"); continue
         names = [Path(l.split()[0]).name for l in f.read_text().splitlines() if l.strip()]  # the release's prefix is foreign: names only
         parts[part] = _pairs([(f'{part}/{n}', root/part/n, root/f'{part}annot'/n) for n in names], problems, f"listed in {f.name}")
     return parts, problems
@@ -337,7 +338,7 @@ def scan(self:CamVid, root:Path):
 def select(self:CamVid, parts:dict) -> list:
     "The official split as released (`splits='official'`), or the pooled 0.8/0.1/0.1 cut (`'paper'`)."
     if self.splits == 'paper': return SegDataset.select(self, parts)
-    return [it for p in self.official for it in parts[p]] if self.split == 'all' else parts[self.split]
+    return [it for p in self.official for it in parts.get(p, [])] if self.split == 'all' else parts.get(self.split, [])  # none: `problems` says why
 
 # %% ../nbs/00_data.ipynb #a99a2f5c
 DATASET_NAMES = ('oxford_pet', 'cityscapes', 'nyuv2', 'camvid', 'synthetic')
@@ -386,7 +387,8 @@ def class_groups(counts, # pixel count per class, `[C]`
                  head:float=0.5, body:float=0.9) -> dict:
     "Split classes into `head`, `body`, `tail` by the pixel share of the more frequent classes (see above)."
     counts = torch.as_tensor(counts, dtype=torch.float64)
-    if counts.ndim != 1 or (counts < 0).any() or counts.sum() <= 0: raise ValueError("counts must be a 1-D vector of non-negative pixel counts, not all zero")
+    if counts.ndim != 1 or (counts < 0).any() or counts.sum() <= 0:
+        raise ValueError("counts must be a 1-D vector of non-negative pixel counts, not all zero")
     ranked = sorted(range(len(counts)), key=lambda c: (-counts[c].item(), c))
     above = torch.cat([torch.zeros(1, dtype=torch.float64), counts[ranked].cumsum(0)[:-1]]) / counts.sum()
     i, j = int((above < head).sum()), int((above < body).sum())  # head = ranked[:i], body = ranked[i:j]

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import argparse, os, socket, sys, threading
 from pathlib import Path
+from .argtypes import positive_int, describe, exit_status_epilog, warn_deprecated
 from .conventions import SPLITS, check_choice
 from .data import DATASET_NAMES, LOADERS, class_groups, get_dataset, per_image_class_counts
 
@@ -77,18 +78,34 @@ def _run(a) -> int:
     print(f"OK: {a.name} at {a.root}: {n} image/label pairs" + (" (structure only)" if a.quick else ", all readable, labels in range")); return 0
 
 # %% ../nbs/00c_datacli.ipynb #8f14de98
+_ROOT_HELP = dict(check='the copy to check', download='where to download (Pet) or unzip the copy', stats='real datasets only')
+
+def _parser() -> tuple:
+    "The `pat-data` parser and its sub-commands' parsers."
+    p = argparse.ArgumentParser(prog='pat-data', description='Check, download or describe the datasets of pat_nbdev.',
+                                epilog=exit_status_epilog())
+    sub = p.add_subparsers(dest='cmd', required=True)
+    for cmd, doc in [('check', 'validate a copy'), ('download', 'download (Pet) or print instructions'),
+                     ('stats', 'class pixel shares, presence and groups')]:
+        s = sub.add_parser(cmd, help=doc, description=doc, epilog=exit_status_epilog())
+        s.add_argument('name', choices=DATASET_NAMES if cmd == 'stats' else tuple(LOADERS))
+        s.add_argument('--root', help=describe('--root', _ROOT_HELP[cmd]))
+        s.add_argument('old_root', nargs='?', help=argparse.SUPPRESS)  # the positional ROOT of before, for one release
+    sub.choices['check'].add_argument('--quick', action='store_true', help='structure only, do not decode files')
+    sub.choices['stats'].add_argument('--split', default='all', choices=SPLITS)
+    sub.choices['stats'].add_argument('--n-classes', type=positive_int, default=20, help=describe('--n-classes', 'default 20'))
+    return p, sub.choices
+
 def main(argv:list|None=None) -> int:
     "`pat-data check|download|stats`: see `pat-data -h`."
-    p = argparse.ArgumentParser(prog='pat-data', description='Check, download or describe the datasets of pat_nbdev.')
-    sub = p.add_subparsers(dest='cmd', required=True)
-    for cmd, doc in [('check', 'validate a copy'), ('download', 'download (Pet) or print instructions')]:
-        s = sub.add_parser(cmd, help=doc); s.add_argument('name', choices=tuple(LOADERS)); s.add_argument('root')
-    sub.choices['check'].add_argument('--quick', action='store_true', help='structure only, do not decode files')
-    s = sub.add_parser('stats', help='class pixel shares, presence and groups')
-    s.add_argument('name', choices=DATASET_NAMES); s.add_argument('root', nargs='?')
-    s.add_argument('--split', default='all', choices=SPLITS); s.add_argument('--n-classes', type=int, default=20, help='synthetic only')
-    a = p.parse_args(argv)
-    if a.cmd == 'stats' and a.name != 'synthetic' and a.root is None: sub.choices['stats'].error(f"{a.name} needs ROOT")
+    p, subs = _parser(); a = p.parse_args(argv); s = subs[a.cmd]
+    if a.old_root is not None:
+        if a.root is not None: s.error(f"two dataset folders: {a.old_root} and --root {a.root}")
+        warn_deprecated(s.prog, 'a positional ROOT', f'--root {a.old_root}'); a.root = a.old_root
+    if a.root is None and not (a.cmd == 'stats' and a.name == 'synthetic'): s.error(f"{a.name} needs --root ROOT")
+    if a.root is not None and a.cmd != 'download' and not Path(a.root).is_dir(): s.error(f"--root {a.root}: folder not found")
     try: return _run(a)
-    except (ValueError, OSError, RuntimeError) as e:
-        sub.choices[a.cmd].print_usage(sys.stderr); print(f"pat-data {a.cmd}: error: {e}", file=sys.stderr); return 1
+    except ValueError as e: s.error(str(e))  # a value the command cannot take: exit 2, as argparse's own
+    except (OSError, RuntimeError) as e:  # the download cannot be done here: the message says how
+        s.print_usage(sys.stderr); print(f"{s.prog}: error: {e}", file=sys.stderr); return 1
+    except KeyboardInterrupt: print(f"\n{s.prog}: interrupted", file=sys.stderr); return 130

@@ -4,21 +4,20 @@
 
 # %% ../nbs/07_experiments.ipynb #984f6d18
 from __future__ import annotations
-import json, os, platform, queue, re, subprocess, sys, threading, time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import json, os, platform, re, subprocess, time
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 import pandas as pd
-from tqdm.auto import tqdm
 from .losses import LOSS_NAMES
-from .checkpoint import config_diff, read_config, write_json
+from .train import TINY_RUN
+from .checkpoint import DiskFullError, _disk_full, config_diff, read_config, write_json
 
 # %% auto #0
 __all__ = ['TABLE_MODELS', 'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS', 'PRESETS', 'PACKAGE', 'REPO', 'PAPER_DIR',
-           'RESOLVED_BY_TRAINER', 'METRIC_COLUMNS', 'BREAKDOWN', 'Run', 'Preset', 'table_runs', 'study_runs',
-           'plan_runs', 'run_config', 'notebook_path', 'execute_notebook', 'run_finished', 'portable_paths',
-           'execute_run', 'job_slots', 'stop_runs', 'run_batch', 'code_version', 'config_mismatch', 'plan_status',
-           'set_aside_runs', 'collect_runs', 'results_table', 'provenance', 'time_breakdown']
+           'KERNEL_ARGS', 'COMMITTED_RUN_FILES', 'RESOLVED_BY_TRAINER', 'METRIC_COLUMNS', 'BREAKDOWN', 'Run', 'Preset',
+           'table_runs', 'study_runs', 'plan_runs', 'run_config', 'notebook_path', 'execute_notebook', 'run_finished',
+           'run_folders', 'drop_truncated_notebook', 'portable_paths', 'execute_run', 'code_version', 'config_mismatch',
+           'plan_status', 'set_aside_runs', 'collect_runs', 'results_table', 'provenance', 'time_breakdown']
 
 # %% ../nbs/07_experiments.ipynb #7806fdf0
 TABLE_MODELS = {1: ('segnet',), 2: ('unet', 'attunet', 'unetpp'), 3: ('segnet', 'unet')}
@@ -66,6 +65,7 @@ STUDY_METHODS = {**{l: dict(loss=l, variant='original') for l in LOSS_NAMES if l
                  'pat': dict(loss='pat', normalize='mean'),  # PAT as the authors' code normalises
                  'pat-mask': dict(loss='pat', normalize='mask')}  # PAT as the paper's text normalises
 
+_tiny_data = TINY_RUN['data_kw']
 PRESETS = {
     'cpu': Preset(  # sized by measurement to run Tables 1-3 (105 runs), the report, Fig. 3 and the benchmark in under 25 min on 2 cores
         datasets={f'synthetic{c}': dict(dataset='synthetic', data_kw=dict(n_classes=c, size=48)) for c in (3, 14, 20)},
@@ -73,12 +73,13 @@ PRESETS = {
         description='SYNTHETIC long-tailed data (pat_nbdev.synthetic, seed 0; 3/14/20 classes standing in for '
                     'Oxford-IIIT Pet / NYUv2 / Cityscapes), 48x48, 200 training images per epoch, small models on a CPU: '
                     'a smoke run of the pipeline, NOT the paper\'s result'),
-    'tiny': Preset(
-        datasets={'synthetic3': dict(dataset='synthetic', data_kw=dict(n_classes=3, size=32, n_images=16))},
-        epochs=1, model_kw=dict(preset='small', width=4), train_kw=dict(max_steps=2, max_eval_steps=2), seeds=2,
-        methods={'ce': dict(loss='ce'), 'pat': dict(loss='pat')},
-        description='TINY SYNTHETIC check (16 images of 32x32, 2 training steps): exercises every step, seeds and the paired '
-                    'comparison in about a minute; its numbers mean nothing'),
+    'tiny': Preset(  # TINY_RUN (pat_nbdev.train), the one tiny configuration, as a study: CE and PAT, 2 seeds each
+        datasets={f"synthetic{_tiny_data['n_classes']}": dict(dataset=TINY_RUN['dataset'], data_kw=dict(_tiny_data))},
+        epochs=TINY_RUN['epochs'], batch_size=TINY_RUN['batch_size'], models=(TINY_RUN['model'],), model_kw=dict(TINY_RUN['model_kw']),
+        train_kw={k: TINY_RUN[k] for k in ('max_steps', 'max_eval_steps')}, seeds=2, methods={'ce': dict(loss='ce'), 'pat': dict(loss='pat')},
+        description=f"TINY SYNTHETIC check ({_tiny_data['n_images']} images of {_tiny_data['size']}x{_tiny_data['size']}, "
+                    f"{TINY_RUN['max_steps']} training steps): exercises every step, seeds and the paired comparison in about a minute; "
+                    'its numbers mean nothing'),
     'gpu-synthetic': Preset(
         datasets={'synthetic3': dict(dataset='synthetic', data_kw=dict(n_classes=3, size=256)),
                   'synthetic14': dict(dataset='synthetic', data_kw=dict(n_classes=14, size=(288, 384))),
@@ -162,20 +163,36 @@ def notebook_path(name:str) -> Path:
 
 PAPER_DIR = PACKAGE / 'paper' if (PACKAGE / 'paper').is_dir() else REPO / 'data' / 'paper'  # the paper's tables as CSV
 
-def execute_notebook(nb:Path, out_nb:Path, parameters:dict, cwd=None):
-    "Execute notebook `nb` with papermill, writing the executed copy to `out_nb` (the kernel's transport warning silenced)."
+KERNEL_ARGS = ['--IPKernelApp.log_level=ERROR',  # the kernel's local-TCP warning is noise
+               '--IPKernelApp.matplotlib=inline']  # figures in the outputs even under MPLBACKEND=Agg (as `make` sets it)
+
+def execute_notebook(nb:Path, out_nb:Path, parameters:dict, cwd=None, kernel=None):
+    "Execute notebook `nb` with papermill into `out_nb`, in a new kernel or in `kernel` (a `batch.SlotKernel`, already in `cwd`)."
     import logging, papermill as pm
     logging.getLogger('papermill').setLevel(logging.WARNING)
     out_nb.parent.mkdir(parents=True, exist_ok=True)
     pm.execute_notebook(str(nb), str(out_nb), parameters=parameters, kernel_name='python3', cwd=str(cwd or out_nb.parent),
-                        progress_bar=False, log_output=False,
-                        extra_arguments=['--IPKernelApp.log_level=ERROR'])  # the kernel's local-TCP warning is noise
+                        progress_bar=False, log_output=False, extra_arguments=KERNEL_ARGS, **(dict(km=kernel.km) if kernel else {}))
 
 # %% ../nbs/07_experiments.ipynb #a1f22d42
 def run_finished(out) -> bool:
     "Whether run folder `out` holds a finished run: a `metrics.json` that parses and has test metrics (a truncated one does not)."
     try: return 'test' in json.loads((Path(out) / 'metrics.json').read_text())
     except (OSError, ValueError): return False
+
+def run_folders(runs_root, marker:str='metrics.json') -> list[Path]:
+    "The folders under `runs_root` (any depth) holding file `marker`, sorted; hidden ones left out (runs set aside by `--overwrite`)."
+    root = Path(runs_root)
+    return [p.parent for p in sorted(root.rglob(marker)) if not any(part.startswith('.') for part in p.relative_to(root).parts)]
+
+COMMITTED_RUN_FILES = ('config.json', 'metrics.json', 'history.csv', 'examples.npz', 'provenance.json')  # what a study keeps in git
+
+def drop_truncated_notebook(out) -> bool:
+    "Delete run folder `out`'s executed `train_run.ipynb` if it does not parse (a full disk or a kill cut it short); whether it did."
+    nb = Path(out) / 'train_run.ipynb'
+    try: json.loads(nb.read_text(encoding='utf-8')); return False
+    except FileNotFoundError: return False
+    except (OSError, ValueError): nb.unlink(missing_ok=True); return True
 
 def portable_paths(out):
     "Rewrite the paths a finished run recorded (`out`, `root`, `cache` in `config.json` and `metrics.json`) relative to its folder `out`."
@@ -185,8 +202,8 @@ def portable_paths(out):
     write_json({**cfg, **{k: rel(cfg.get(k)) for k in ('out', 'root', 'cache')}}, out / 'config.json')
     write_json({**m, 'data': {**m['data'], **{k: rel(m['data'].get(k)) for k in ('root', 'cache')}}}, out / 'metrics.json')
 
-def execute_run(cfg:dict, engine:str='papermill') -> Path:
-    "Train one run from its config dict (skipped when it has finished); returns the run folder."
+def execute_run(cfg:dict, engine:str='papermill', kernel=None) -> Path:
+    "Train one run from its config dict (skipped when it has finished), with papermill in `kernel` if given; returns the run folder."
     cfg = json.loads(json.dumps(cfg))  # plain JSON values: papermill passes a tuple (a crop) as its repr string
     out = Path(cfg['out'])
     if run_finished(out): return out
@@ -194,88 +211,16 @@ def execute_run(cfg:dict, engine:str='papermill') -> Path:
         from pat_nbdev.train import TrainConfig, train
         train(TrainConfig(**cfg))
     elif engine == 'papermill':
-        execute_notebook(notebook_path('train_run.ipynb'), out / 'train_run.ipynb', {'config': cfg})
+        try: execute_notebook(notebook_path('train_run.ipynb'), out / 'train_run.ipynb', {'config': cfg}, kernel=kernel)
+        except BaseException as e:  # a full disk, a kill: papermill may have left half a notebook
+            drop_truncated_notebook(out)
+            if _disk_full(e): raise DiskFullError(f"no space left on device: {out} (writing train_run.ipynb)") from None
+            raise
     else: raise ValueError(f"unknown engine {engine!r}; choose 'papermill' or 'inprocess'")
     write_json(dict(code_version(), engine=engine, host=platform.node(), threads=read_config(out / 'config.json').get('threads'),
                     finished=time.strftime('%Y-%m-%d %H:%M:%S %Z')), out / 'provenance.json')
     portable_paths(out)  # a run folder can be committed and moved: it names no path of this machine
     return out
-
-# %% ../nbs/07_experiments.ipynb #212b85d2
-def job_slots(jobs:int=1, devices:list|None=None, runs_per_device:int=1, cores:int|None=None) -> list[dict]:
-    "The environment of each concurrent run: a device each (`devices`, `runs_per_device` runs on each), or a share of the `cores`."
-    if devices:
-        return [dict(CUDA_VISIBLE_DEVICES=str(d)) for d in devices for _ in range(runs_per_device)]
-    threads = max(1, (cores or os.cpu_count() or 1) // max(1, jobs))
-    return [dict(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))] * max(1, jobs)
-
-# %% ../nbs/07_experiments.ipynb #f4ce06f8
-_LIVE, _STOP = set(), threading.Event()  # the run processes running now; set once the batch is told to stop
-_CHILD = ('import ctypes, json, os, signal, sys\n'
-          'try: ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: end with the batch, however it ends (Linux)\n'
-          'except (OSError, AttributeError): pass\n'
-          'if os.getppid() != int(sys.argv[3]): sys.exit(143)  # the batch ended before the line above\n'
-          'from pat_nbdev.experiments import execute_run; execute_run(json.loads(sys.argv[1]), sys.argv[2])')
-
-def _run_in_subprocess(cfg:dict, engine:str, slot:dict):
-    "Execute one run in a child process with the environment `slot`; its output goes to `run.log`. The child ends with this process."
-    if _STOP.is_set(): raise RuntimeError("not started: the batch was stopped")
-    out = Path(cfg['out']); out.mkdir(parents=True, exist_ok=True)
-    if cfg.get('threads'): slot = {**slot, 'OMP_NUM_THREADS': str(cfg['threads']), 'MKL_NUM_THREADS': str(cfg['threads'])}  # a plan's own
-    elif 'OMP_NUM_THREADS' in slot: cfg = {**cfg, 'threads': int(slot['OMP_NUM_THREADS'])}
-    with open(out / 'run.log', 'w') as log:
-        p = subprocess.Popen([sys.executable, '-c', _CHILD, json.dumps(cfg), engine, str(os.getpid())], stdout=log,
-                             stderr=subprocess.STDOUT, env={**os.environ, **slot, 'PYTHONWARNINGS': 'ignore'})
-        _LIVE.add(p)
-        try: p.wait()
-        finally: _LIVE.discard(p)
-    if p.returncode:
-        lines = [l for l in (out / 'run.log').read_text(errors='replace').splitlines() if l.strip()]
-        raise RuntimeError(f"{lines[-1] if lines else 'no output'} (exit {p.returncode}; see {out / 'run.log'})")
-
-def stop_runs(timeout:float=10) -> int:
-    "Terminate the run processes still running (their kernels follow them: ipykernel exits when its parent does); how many."
-    _STOP.set(); live = list(_LIVE)
-    for p in live: p.terminate()
-    for p in live:
-        try: p.wait(timeout)
-        except subprocess.TimeoutExpired: p.kill()
-    return len(live)
-
-def _error_line(e:Exception) -> str: return f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-
-# %% ../nbs/07_experiments.ipynb #e30953dc
-def run_batch(configs:list[dict], out_root, engine:str='papermill', slots:list[dict]|None=None) -> dict:
-    "Execute every config not yet finished, one per slot of `slots` at a time (None: one after another, in this process)."
-    out_root = Path(out_root); out_root.mkdir(parents=True, exist_ok=True); _STOP.clear()
-    name = lambda cfg: str(Path(cfg['out']).relative_to(out_root))
-    kept = [name(c) for c in configs if run_finished(c['out'])]
-    todo = [c for c in configs if not run_finished(c['out'])]
-    print(f"{len(configs)} runs: {len(kept)} finished and kept, {len(todo)} to run" + (f", {len(slots)} at a time" if slots else ''), flush=True)
-    done, failed = list(kept), {}
-    bar = tqdm(total=len(todo), desc='runs', unit='run')
-    if not slots:
-        for cfg in todo:
-            bar.set_postfix_str(name(cfg))
-            try: execute_run(cfg, engine); done.append(name(cfg))
-            except Exception as e: failed[name(cfg)] = _error_line(e)
-            bar.update()
-    else:
-        free = queue.Queue(); [free.put(s) for s in slots]
-        def work(cfg):
-            slot = free.get()
-            try: _run_in_subprocess(cfg, engine, slot)
-            finally: free.put(slot)
-        with ThreadPoolExecutor(len(slots)) as ex:
-            futures = {ex.submit(work, cfg): name(cfg) for cfg in todo}
-            for f in as_completed(futures):
-                try: f.result(); done.append(futures[f])
-                except Exception as e: failed[futures[f]] = _error_line(e)
-                bar.update(); bar.set_postfix_str(futures[f])
-    bar.close()
-    try: write_json(failed, out_root / 'failures.json')
-    except OSError as e: print(f"could not write {out_root / 'failures.json'} ({e}); the failures were:", json.dumps(failed, indent=2), flush=True)
-    return dict(done=done, failed=failed)
 
 # %% ../nbs/07_experiments.ipynb #410ce8ee
 RESOLVED_BY_TRAINER = ('amp', 'threads')  # None in a plan means "the trainer's choice": any recorded value matches
@@ -311,8 +256,7 @@ def plan_status(configs:list[dict], runs_root) -> dict:
         if diff: status['stale'][cfg['out']] = diff
         else: status['finished' if run_finished(cfg['out']) else 'todo'].append(cfg['out'])
     planned = {str(Path(c['out']).resolve()) for c in configs}
-    status['foreign'] = [str(p.parent) for p in sorted(Path(runs_root).rglob('metrics.json')) if str(p.parent.resolve()) not in planned
-                         and not any(part.startswith('.') for part in p.relative_to(runs_root).parts) and run_finished(p.parent)]
+    status['foreign'] = [str(f) for f in run_folders(runs_root) if str(f.resolve()) not in planned and run_finished(f)]
     return status
 
 def set_aside_runs(folders, runs_root) -> Path:
@@ -342,8 +286,8 @@ def _run_row(path:Path) -> dict:
 def collect_runs(out_root, warn=print) -> pd.DataFrame:
     "One row per finished run under `out_root` (any depth), from its `metrics.json`; unreadable ones are skipped and named."
     rows = []
-    for path in sorted(Path(out_root).rglob('metrics.json')):
-        if any(part.startswith('.') for part in path.relative_to(out_root).parts): continue  # e.g. an old run set aside by --overwrite
+    for folder in run_folders(out_root):  # not the runs set aside by --overwrite
+        path = folder / 'metrics.json'
         try: rows.append(_run_row(path))
         except (OSError, ValueError, KeyError, TypeError) as e: warn(f"skipped {path}: unreadable ({type(e).__name__}: {e})")
     return pd.DataFrame(rows)

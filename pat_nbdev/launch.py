@@ -10,13 +10,13 @@ import submitit
 from submitit.core.utils import FailedJobError, JobPaths, UncompletedJobError
 from submitit.helpers import Checkpointable
 from tqdm.auto import tqdm
-from .argtypes import positive_int
+from .argtypes import positive_int, non_negative_int, key_value, add_deprecated
 from .experiments import execute_run, run_finished
 
 # %% auto #0
-__all__ = ['RULE', 'ACTIVE', 'SQUEUE_FORMAT', 'LAUNCH_OPTIONS', 'LAUNCH_FLAGS', 'RunJob', 'make_executor', 'sbatch_script',
-           'job_error', 'launch_status', 'SubmissionRefused', 'launch_batch', 'add_launch_args', 'report_command',
-           'launcher_from_args']
+__all__ = ['RULE', 'ACTIVE', 'SQUEUE_FORMAT', 'LAUNCH_JOBS', 'LAUNCH_OPTIONS', 'LAUNCH_FLAGS', 'RunJob', 'make_executor',
+           'sbatch_script', 'job_error', 'launch_status', 'SubmissionRefused', 'launch_batch', 'add_launch_args',
+           'report_command', 'launcher_from_args']
 
 # %% ../nbs/07b_launch.ipynb #b12b0693
 class _SigtermNoted:
@@ -264,30 +264,21 @@ def _wait(running:list, queue:list, submit, kept:list, out:Path, poll_s:float) -
     return dict(done=done, failed=failed)
 
 # %% ../nbs/07b_launch.ipynb #ac4a42e3
-def _count(s:str) -> int:
-    "A whole number of at least 0."
-    try: v = int(s)
-    except ValueError: v = -1
-    if v < 0: raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {s!r}")
-    return v
-
-def _key_value(s:str) -> tuple:
-    if '=' not in s: raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
-    k, v = s.split('=', 1); return k.strip().lstrip('-'), v
+LAUNCH_JOBS = 16  # runs at once in a job array when --jobs is not given
 
 def add_launch_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Add the options of `launch_batch` to `pat-reproduce`'s parser `p`."
     g = p.add_argument_group('on a cluster (submitit): the runs as one job array')
     g.add_argument('--launcher', choices=('local', 'slurm'), help='submit the runs as one submitit job array to Slurm, or to local processes (default: --jobs/--devices)')
     g.add_argument('--slurm-partition', help='Slurm partition (default: the cluster\'s)')
-    g.add_argument('--slurm-gpus-per-run', type=int, default=1, help='GPUs per run')
+    g.add_argument('--slurm-gpus-per-run', type=non_negative_int, default=1, help='GPUs per run')
     g.add_argument('--slurm-time', type=positive_int, default=240,
                    help='time limit per run, minutes; a run stopped by it is requeued and resumes from its checkpoint (see --slurm-requeues)')
-    g.add_argument('--slurm-requeues', type=_count, default=3, help='times a run stopped by --slurm-time is requeued before it is reported')
-    g.add_argument('--slurm-cpus-per-run', type=int, help='CPUs per run (default: the cluster\'s)')
+    g.add_argument('--slurm-requeues', type=non_negative_int, default=3, help='times a run stopped by --slurm-time is requeued before it is reported')
+    g.add_argument('--slurm-cpus-per-run', type=positive_int, help='CPUs per run (default: the cluster\'s)')
     g.add_argument('--slurm-mem-gb', type=float, help='memory per run, GB (default: the cluster\'s)')
-    g.add_argument('--slurm-max-parallel', type=positive_int, default=16, help='runs at once (the array\'s %%K; also for --launcher local)')
-    g.add_argument('--slurm-extra', type=_key_value, action='append', default=[], metavar='KEY=VALUE', help='any other sbatch option, e.g. account=proj, qos=high, gres=gpu:a100:1')
+    add_deprecated(g, '--slurm-max-parallel', '--jobs', type=positive_int)  # the array's %K is --jobs, as for the other runs at once
+    g.add_argument('--slurm-extra', type=key_value, action='append', default=[], metavar='KEY=VALUE', help='any other sbatch option, e.g. account=proj, qos=high, gres=gpu:a100:1')
     g.add_argument('--detach', action='store_true', help='submit and return (Slurm); build the report later with --report-only')
     g.add_argument('--report-only', action='store_true', help='run and submit nothing: build the report from the runs under --out and list those missing')
     return p
@@ -313,4 +304,4 @@ def launcher_from_args(a:argparse.Namespace, out, argv=None) -> dict|None:
                             a.slurm_mem_gb, dict(a.slurm_extra), name=f"pat-{getattr(a, 'preset', 'run')}", offline=getattr(a, 'dry_run', False),
                             requeues=a.slurm_requeues)
     except RuntimeError as e: raise ValueError(f"--launcher slurm: {e} (run pat-reproduce on the cluster's login node)") from e
-    return dict(executor=ex, max_parallel=a.slurm_max_parallel, wait=not a.detach, report_cmd=report_command(sys.argv[1:] if argv is None else argv))
+    return dict(executor=ex, max_parallel=getattr(a, 'jobs', None) or LAUNCH_JOBS, wait=not a.detach, report_cmd=report_command(sys.argv[1:] if argv is None else argv))

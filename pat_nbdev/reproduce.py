@@ -4,13 +4,14 @@
 
 # %% ../nbs/08_reproduce.ipynb #1e285f3e
 from __future__ import annotations
-import argparse, os, shutil, signal, sys, threading, time, traceback
+import argparse, logging, os, shutil, signal, sys, threading, time, traceback
 from pathlib import Path
-from .argtypes import positive_int, name_path
+from .argtypes import positive_int, name_path, device_list, describe, exit_status_epilog
 from .checkpoint import FolderLock, FolderLockedError
 from .losses import LOSS_NAMES, resolve_loss
 from .experiments import *
 from .experiments import PRESETS, TABLE_MODELS
+from .batch import job_slots, run_batch, stop_runs
 from .page import write_report_page
 
 # %% auto #0
@@ -29,30 +30,31 @@ def _extra_loss(s:str) -> tuple:
     return name or path.rsplit(':', 1)[1].lower(), path
 
 def reproduce_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='pat-reproduce', description='Rebuild the paper\'s tables and figures.',
+    from pat_nbdev.launch import add_launch_args, LAUNCH_JOBS
+    p = argparse.ArgumentParser(prog='pat-reproduce', description='Rebuild the paper\'s tables and figures.', epilog=exit_status_epilog(),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--preset', choices=list(PRESETS), default='cpu',
-                   help='; '.join(f"{k}: {v.description}" for k, v in PRESETS.items()).replace('%', '%%'))
+                   help=describe('--preset', '; '.join(f"{k}: {v.description}" for k, v in PRESETS.items())).replace('%', '%%'))
     p.add_argument('--tables', type=int, nargs='+', choices=list(TABLE_MODELS), default=[1, 2, 3], help='paper tables (table presets)')
     p.add_argument('--out', default='runs/reproduce', help='output folder (runs, notebooks, report)')
-    p.add_argument('--root', type=name_path, action='append', default=[], metavar='NAME=PATH', help='a real dataset\'s folder')
-    p.add_argument('--epochs', type=positive_int, help='override the preset\'s epochs')
+    p.add_argument('--root', type=name_path, action='append', default=[], metavar='NAME=PATH',
+                   help=describe('--root', 'NAME=PATH, once per real dataset'))
+    p.add_argument('--epochs', type=positive_int, help=describe('--epochs', 'default: the preset\'s'))
     p.add_argument('--extra-loss', type=_extra_loss, action='append', default=[], metavar='[NAME=]MODULE:CLASS',
                    help='your own loss (an importable nn.Module class), run and reported like the built-in ones')
     p.add_argument('--seeds', type=positive_int, help='run every configuration with seeds 0..N-1 (default: the preset\'s)')
-    p.add_argument('--jobs', type=positive_int, help='runs at once on a CPU, the cores split between them (each run its own process); '
-                   'default: one per core, or 1 on a GPU without --devices')
-    p.add_argument('--devices', type=lambda s: [d for d in s.split(',') if d],
-                   help='GPUs to place runs on, e.g. 0,1 (one visible device per run)')
-    p.add_argument('--runs-per-device', type=positive_int, default=3,
-                   help='runs at once on each GPU of --devices (3: what the cost model, 06a_cost, fits on an 80 GiB H100 with 16 cores)')
-    p.add_argument('--cache', help='folder for decoded-image caches of real datasets (default: OUT/cache)')
+    p.add_argument('--jobs', type=positive_int, help=describe('--jobs', 'on a CPU each run in its own process, the cores split '
+                   'between them (default: one per core, or 1 on a GPU without --devices); with --launcher, the job array\'s cap '
+                   f'(default {LAUNCH_JOBS})'))
+    p.add_argument('--devices', type=device_list, help=describe('--devices', 'e.g. 0,1 (one visible device per run)'))
+    p.add_argument('--runs-per-device', type=positive_int, default=3, help=describe('--runs-per-device',
+                   '3: what the cost model, 06a_cost, fits on an 80 GiB H100 with 16 cores'))
+    p.add_argument('--cache', help=describe('--cache', 'default: OUT/cache'))
     p.add_argument('--engine', choices=('papermill', 'inprocess'), default='papermill')
     p.add_argument('--skip', nargs='*', choices=('theory', 'bench', 'runs', 'report'), default=[], help='steps to leave out')
     p.add_argument('--overwrite', action='store_true', help='set aside (under OUT/runs/.replaced/) finished runs made with other '
                    'settings than this plan, and retrain them; without it the command refuses to mix them in')
     p.add_argument('--dry-run', action='store_true', help='list the runs and exit')
-    from pat_nbdev.launch import add_launch_args
     return add_launch_args(p)
 
 # %% ../nbs/08_reproduce.ipynb #8d7c59f0
@@ -124,9 +126,26 @@ OUTPUTS = {'report': 'index.html (the report as one page), README.md, tables (cs
 class Terminated(BaseException):
     "SIGTERM reached `pat-reproduce` (a BaseException: no step's `except Exception` swallows it)."
 
-def _on_sigterm(signum, frame):
+def _kernels_of_this_process() -> list[int]:
+    "The process ids of the Jupyter kernels this process started itself (theory and report steps), from `/proc` (Linux; else [])."
+    mine, found = str(os.getpid()), []
+    for d in Path('/proc').glob('[0-9]*'):
+        try:
+            stat = (d / 'stat').read_text()
+            if stat.rsplit(')', 1)[1].split()[1] == mine and b'ipykernel' in (d / 'cmdline').read_bytes(): found.append(int(d.name))
+        except (OSError, IndexError): pass
+    return found
+
+def _stop_all():
+    "End the runs and this process's own kernels, quietly: SIGTERM or Ctrl-C reached `pat-reproduce`."
     stop_runs()  # first: the batch's threads then see their runs end and start no other
-    raise Terminated()
+    for pid in _kernels_of_this_process():  # a kernel torn down mid-cell by papermill prints zmq tracebacks: end it first, quietly
+        try: os.kill(pid, signal.SIGKILL)
+        except OSError: pass
+    logging.disable(logging.CRITICAL)  # nor "Kernel died" / "Task exception was never retrieved" from the client: we are stopping
+
+def _on_sigterm(signum, frame):
+    _stop_all(); raise Terminated()
 
 # %% ../nbs/08_reproduce.ipynb #2b310fa4
 def main(argv=None):
@@ -149,10 +168,11 @@ def main(argv=None):
     try:
         with FolderLock(out, f"pat-reproduce --preset {a.preset}"): return _steps(a, out, configs, launch)
     except (PlanError, FolderLockedError) as e: p.exit(2, f"pat-reproduce: error: {e}\n")
-    except Terminated:
-        print(f"\npat-reproduce: stopped by SIGTERM. Finished runs are kept under {out / 'runs'}, unfinished ones from their last "
-              f"checkpoint: run the same command again to resume", file=sys.stderr, flush=True)
-        return 143
+    except (Terminated, KeyboardInterrupt) as e:
+        if isinstance(e, KeyboardInterrupt): _stop_all()
+        print(f"\npat-reproduce: {'stopped by SIGTERM' if isinstance(e, Terminated) else 'interrupted'}. Finished runs are kept under "
+              f"{out / 'runs'}, unfinished ones from their last checkpoint: run the same command again to resume", file=sys.stderr, flush=True)
+        return 143 if isinstance(e, Terminated) else 130
     finally:
         if main_thread: signal.signal(signal.SIGTERM, previous)
 
@@ -161,7 +181,8 @@ def _steps(a, out:Path, configs:list[dict], launch:dict|None) -> int:
     from pat_nbdev.launch import launch_batch, launch_status
     preset = PRESETS[a.preset]
     jobs = a.jobs or (1 if _has_gpu() and not a.devices else os.cpu_count() or 1)  # GPU without --devices: one run at a time on it
-    slots = job_slots(jobs, a.devices, a.runs_per_device) if a.devices or jobs > 1 else None
+    in_process = a.engine == 'inprocess' and jobs == 1 and not a.devices  # else each run in its own process, its output in run.log
+    slots = None if in_process else job_slots(jobs, a.devices, a.runs_per_device)
     status = check_plan(configs, out, a.overwrite)
     if a.report_only:
         if not status['finished']: raise PlanError(f"none of the {len(configs)} runs of preset {a.preset!r} has finished under "

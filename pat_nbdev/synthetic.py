@@ -142,7 +142,8 @@ class SyntheticLongTail(Dataset):
 @patch
 def _items(self:SyntheticLongTail, n_images):
     "`(stream, index)` of each item: the split's own stream, or the three streams cut 8:1:1 for 'all'."
-    if n_images is not None and (not isinstance(n_images, (int, np.integer)) or n_images < 1): raise ValueError(f"n_images must be a positive int, got {n_images!r}")
+    if n_images is not None and (not isinstance(n_images, (int, np.integer)) or n_images < 1):
+        raise ValueError(f"n_images must be a positive int, got {n_images!r}")
     if self.split != 'all': return [(SPLITS.index(self.split), i) for i in range(n_images or SYNTHETIC_SIZES[self.split])]
     n = n_images or sum(SYNTHETIC_SIZES.values())
     counts = [n - 2 * (n // 10), n // 10, n // 10]

@@ -45,7 +45,8 @@ def file_lock(path):
 def build_cache(ds, folder, progress:bool=True) -> Path:
     "Decode every item of `ds` (`raw_pair`) into `folder/images.npy` (`uint8 [N, H, W, 3]`) and `labels.npy` (`uint8 [N, H, W]`)."
     folder = Path(folder); folder.parent.mkdir(parents=True, exist_ok=True)
-    for stale in [*folder.parent.glob(f"{folder.name}.tmp*"), *([folder] if folder.exists() else [])]: shutil.rmtree(stale, ignore_errors=True)  # a killed build's leftovers (we hold the lock)
+    for stale in [*folder.parent.glob(f"{folder.name}.tmp*"), *([folder] if folder.exists() else [])]:  # a killed build's leftovers
+        shutil.rmtree(stale, ignore_errors=True)  # (we hold the lock)
     tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp", dir=folder.parent))
     n, (h, w) = len(ds), ds.size
     images = np.lib.format.open_memmap(tmp/'images.npy', 'w+', np.uint8, (n, h, w, 3))

@@ -6,17 +6,16 @@ Unfinished runs are listed and left alone: the study's command resumes them from
 """
 import subprocess, sys
 from pathlib import Path
-from pat_nbdev.experiments import run_finished
+from pat_nbdev.experiments import COMMITTED_RUN_FILES, run_finished, run_folders
 
-SMALL_FILES = ('config.json', 'metrics.json', 'history.csv', 'examples.npz', 'provenance.json')
 
 
 def main(study: str) -> int:
     runs = Path(study) / 'runs'
     if not runs.is_dir(): sys.exit(f"stage_study: {runs} is not a folder; expected a study folder made by pat-reproduce --out")
-    folders = sorted({p.parent for p in runs.rglob('config.json') if '.replaced' not in p.parts})
+    folders = run_folders(runs, 'config.json')  # finished or not; not the runs set aside by --overwrite
     finished = [f for f in folders if run_finished(f)]
-    files = [str(f / n) for f in finished for n in SMALL_FILES if (f / n).exists()]
+    files = [str(f / n) for f in finished for n in COMMITTED_RUN_FILES if (f / n).exists()]
     if files: subprocess.run(['git', 'add', '--', *files], check=True)
     print(f"staged {len(finished)} finished run(s) of {study}; not finished: "
           f"{', '.join(str(f.relative_to(runs)) for f in folders if f not in finished) or 'none'}")

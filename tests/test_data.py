@@ -213,32 +213,40 @@ def test_bad_input_names_the_file(tmp_path):
 
 # ---------------------------------------------------------------- the pat-data command
 
+@pytest.mark.parametrize("dataset", ["camvid", "oxford_pet", "cityscapes", "nyuv2"])
+def test_cli_check_a_foreign_folder_lists_what_is_missing(dataset, tmp_path, capsys):
+    "A folder that exists but holds another dataset (or nothing): the missing parts are listed, exit 1, no traceback."
+    (tmp_path / "something_else").mkdir()
+    assert main(["check", dataset, "--root", str(tmp_path)]) == 1
+    said = capsys.readouterr()
+    assert "problem(s) in" in said.out and "Traceback" not in said.out + said.err, said
+
 def test_cli_check_good_and_broken(pet_root, tmp_path, capsys):
-    assert main(["check", "oxford_pet", str(pet_root)]) == 0
+    assert main(["check", "oxford_pet", "--root", str(pet_root)]) == 0
     assert "OK: oxford_pet" in capsys.readouterr().out
     root = make_pet(tmp_path / "pet")
     (root / "annotations/trimaps/cat_2.png").unlink()
     Image.fromarray(np.full((40, 60), 7, np.uint8)).save(root / "annotations/trimaps/dog_2.png")
     Image.fromarray(np.full((20, 60), 1, np.uint8)).save(root / "annotations/trimaps/dog_1.png")
     (root / "images/cat_1.jpg").write_bytes(b"not a jpeg")
-    assert main(["check", "oxford_pet", str(root)]) == 1
+    assert main(["check", "oxford_pet", "--root", str(root)]) == 1
     out = capsys.readouterr().out
     assert "4 problem(s)" in out and "cat_2.jpg: image has no label file" in out and "cat_1.jpg: unreadable image" in out
     assert "dog_2.png: label values [7] out of range" in out and "dog_1.png: label is (20, 60) but image" in out
     shutil.rmtree(root / "annotations")
-    assert main(["check", "oxford_pet", str(root), "--quick"]) == 1
+    assert main(["check", "oxford_pet", "--root", str(root), "--quick"]) == 1
     assert "annotations/trimaps: folder missing" in capsys.readouterr().out
 
 def test_cli_download_and_usage_errors(tmp_path, capsys, monkeypatch):
-    assert main(["download", "cityscapes", str(tmp_path)]) == 1
+    assert main(["download", "cityscapes", "--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "usage: pat-data download" in err and "cityscapes-dataset.com" in err and "Traceback" not in err
-    assert main(["download", "nyuv2", str(tmp_path)]) == 1 and "train/image/0.npy" in capsys.readouterr().err
+    assert main(["download", "nyuv2", "--root", str(tmp_path)]) == 1 and "train/image/0.npy" in capsys.readouterr().err
     monkeypatch.setattr(datacli, "online", lambda host, port=443, timeout=3.0: False)
     t = time.perf_counter()
-    assert main(["download", "oxford_pet", str(tmp_path)]) == 1
+    assert main(["download", "oxford_pet", "--root", str(tmp_path)]) == 1
     assert time.perf_counter() - t < 2 and "cannot reach www.robots.ox.ac.uk" in capsys.readouterr().err
-    for argv in (["check", "imagenet", "x"], ["stats", "oxford_pet"], ["frobnicate"]):
+    for argv in (["check", "imagenet", "--root", "x"], ["stats", "oxford_pet"], ["frobnicate"]):
         with pytest.raises(SystemExit) as e: main(argv)
         assert e.value.code == 2 and "usage: pat-data" in capsys.readouterr().err
 

@@ -8,12 +8,11 @@ import submitit
 from submitit.core.test_core import MockedSubprocess  # what submitit's own tests use to stand in for Slurm's commands
 from submitit.core.utils import FailedJobError
 from submitit.slurm.slurm import SlurmInfoWatcher
-from pat_nbdev.experiments import Run, Preset, run_config, run_finished
+from pat_nbdev.experiments import PRESETS, Run, run_config, run_finished
 from pat_nbdev.launch import (SubmissionRefused, add_launch_args, job_error, launch_batch, launch_status, launcher_from_args,
                               make_executor, report_command, sbatch_script)
 
-TINY = Preset(datasets={'synthetic3': dict(dataset='synthetic', data_kw=dict(n_classes=3, size=16, n_images=8))}, epochs=1,
-              model_kw=dict(width=4), train_kw=dict(max_steps=1, max_eval_steps=1))
+TINY = PRESETS['tiny']
 
 def grid(out, losses=('ce', 'pat'), **kw):
     return [run_config(Run('synthetic3', 'segnet', loss, **kw), TINY, out / 'runs') for loss in losses]

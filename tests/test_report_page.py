@@ -17,7 +17,8 @@ def tiny(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "out"
     code = "import sys; from pat_nbdev.reproduce import main; sys.exit(main(sys.argv[1:]))"
     p = subprocess.run([sys.executable, "-c", code, "--preset", "tiny", "--engine", "inprocess", "--jobs", "1", "--skip", "theory", "bench",
-                        "--out", str(out)], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
+                        "--out", str(out)], capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})  # as `make` sets it: figures must still reach the page
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     return out
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(bool(WHY_NOT), reason=WHY_NOT)
 
 REPRODUCE = str(Path(sys.executable).parent / 'pat-reproduce')
 SLURM = ['--launcher', 'slurm', '--slurm-partition', 'debug', '--slurm-gpus-per-run', '0', '--slurm-cpus-per-run', '1',
-         '--slurm-max-parallel', '2']
+         '--jobs', '2']
 EPOCHS = ['--epochs', '20']  # tiny runs long enough to be requeued after their first checkpoint
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
 
@@ -78,7 +78,7 @@ def history(out:Path, run:str) -> pd.DataFrame:
 def local_grid(tmp_path_factory):
     "The tiny grid with --launcher local, one torch thread per run (as --slurm-cpus-per-run 1 gives): the reference."
     t0, out = time.monotonic(), tmp_path_factory.mktemp('local') / 'out'
-    r = reproduce('--preset', 'tiny', *EPOCHS, '--launcher', 'local', '--slurm-max-parallel', str(os.cpu_count()), '--out', str(out),
+    r = reproduce('--preset', 'tiny', *EPOCHS, '--launcher', 'local', '--jobs', str(os.cpu_count()), '--out', str(out),
                   '--skip', 'theory', 'bench')
     assert r.returncode == 0, r.stdout[-3000:]
     record('local_grid (fixture)', t0)

@@ -3,17 +3,16 @@ made them, and a fresh clone rebuilds the report from their small files alone, w
 import json, os, shutil, subprocess, sys, time
 from pathlib import Path
 import pytest
-from pat_nbdev.experiments import PRESETS, plan_runs, plan_status, run_config
+from pat_nbdev.experiments import COMMITTED_RUN_FILES, PRESETS, plan_runs, plan_status, run_config, run_folders
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / 'reports' / 'camvid-study'
 PRESET = 'camvid-study'
-SMALL_FILES = ('config.json', 'metrics.json', 'history.csv', 'examples.npz', 'provenance.json')  # what git keeps of a run
 
 
 @pytest.fixture(scope='module')
 def runs() -> list[Path]:
-    found = sorted(p.parent for p in (STUDY / 'runs').rglob('metrics.json') if '.replaced' not in p.parts)
+    found = run_folders(STUDY / 'runs')
     if not found: pytest.skip(f"no committed run under {STUDY.relative_to(REPO)}/runs yet")
     return found
 
@@ -43,7 +42,7 @@ def test_report_rebuilds_from_the_committed_files_alone(runs, tmp_path):
     out = tmp_path / 'study'
     for r in runs:
         dest = out / 'runs' / r.relative_to(STUDY / 'runs'); dest.mkdir(parents=True)
-        for name in SMALL_FILES:
+        for name in COMMITTED_RUN_FILES:
             if (r / name).exists(): shutil.copy2(r / name, dest / name)
     start = time.perf_counter()
     p = subprocess.run([sys.executable, '-c', 'import sys; from pat_nbdev.reproduce import main; sys.exit(main(sys.argv[1:]))',

@@ -4,20 +4,34 @@ from pathlib import Path
 import pytest
 import torch
 import pat_nbdev.train as T
-from pat_nbdev.train import TrainConfig, train, NonFiniteLossError
+from pat_nbdev.train import TINY_RUN, TrainConfig, train, NonFiniteLossError
 from pat_nbdev.cli import main, build_parser, config_from_args
 from pat_nbdev.checkpoint import RunFolderError
 from pat_nbdev.data import get_dataset
 from pat_nbdev.models import get_model
 from pat_nbdev.metrics import ConfusionMatrix
 
-# 16 images per split of 32 x 32, 4 classes, a SegNet of width 4: 4 training steps per epoch, 4 evaluation batches
-TINY = dict(dataset="synthetic", model="segnet", loss="pat", epochs=3, batch_size=4, seed=0, progress=False,
-            data_kw=dict(size=32, n_classes=4, n_images=16), model_kw=dict(width=4))
+# The project's tiny run, changed where these tests count: batches of 4 and no step caps give 4 training steps per epoch and
+# 4 evaluation batches (the whole split: test_best_checkpoint_is_the_tested_one recomputes it), 3 epochs give the cosine three
+# starting rates, 4 classes, and no model preset, so that test_outputs sees the CPU default ("small") filled in. PAT, whatever
+# the tiny run's loss: the errors below name it.
+TINY = {**TINY_RUN, "loss": "pat", "epochs": 3, "batch_size": 4, "max_steps": None, "max_eval_steps": None,
+        "data_kw": {**TINY_RUN["data_kw"], "n_classes": 4}, "model_kw": {k: v for k, v in TINY_RUN["model_kw"].items() if k != "preset"}}
 SCORES = ("test", "best_val", "best_epoch", "classes", "class_groups", "class_pixel_counts")
 TIMING = ("train_seconds", "val_seconds", "train_img_per_s", "peak_mem_mib", "cpu_seconds")
 
 def run(out, **kw): return train(TrainConfig(**{**TINY, **kw}, out=str(out)))
+
+def argv(cfg:dict) -> list:
+    "`pat-train` arguments for the `TrainConfig` fields `cfg` (None: the field's default)."
+    flag = lambda k: "--" + k.replace("_", "-")
+    args = []
+    for k, v in cfg.items():
+        if v is None: continue
+        if isinstance(v, bool): args.append(flag(k) if v else "--no-" + flag(k)[2:])
+        elif isinstance(v, dict): args += [a for kv in v.items() for a in (flag(k), "%s=%s" % kv)]
+        else: args += [flag(k), str(v)]
+    return args
 
 def history(out): return list(csv.DictReader(open(Path(out)/"history.csv")))
 
@@ -64,9 +78,9 @@ def test_best_checkpoint_is_the_tested_one(reference):
     best = load(out, "best.pt")
     vals = [float(r["val_miou"]) for r in history(out)]
     assert best["epoch"] == res["best_epoch"] == 1 + vals.index(max(vals))
-    net = get_model("segnet", 4, preset="small", width=4); net.load_state_dict(best["model"]); net.eval()
+    net = get_model(TINY["model"], 4, preset="small", **TINY["model_kw"]); net.load_state_dict(best["model"]); net.eval()
     cm = ConfusionMatrix(4)
-    ds = get_dataset("synthetic", None, "test", size=32, n_classes=4, n_images=16)
+    ds = get_dataset(TINY["dataset"], None, "test", **TINY["data_kw"])
     with torch.no_grad():
         for i in range(0, len(ds), 4):
             x, y = zip(*[ds[j] for j in range(i, i + 4)])
@@ -147,11 +161,10 @@ def test_refuses_another_run(reference, tmp_path, capsys):
     run(out, epochs=1)
     with pytest.raises(RunFolderError, match="loss: 'pat' -> 'ce'"): run(out, epochs=1, loss="ce")
     assert load(out)["epoch"] == 1  # untouched
-    argv = ["--dataset", "synthetic", "--model", "segnet", "--loss", "ce", "--epochs", "1", "--out", str(out), "--no-progress",
-            "--size", "32", "--n-classes", "4", "--data-kw", "n_images=16", "--model-kw", "width=4", "--batch-size", "4"]
-    with pytest.raises(SystemExit) as e: main(argv)
+    ce = [*argv({**TINY, "loss": "ce", "epochs": 1}), "--out", str(out)]
+    with pytest.raises(SystemExit) as e: main(ce)
     assert e.value.code == 1 and "--overwrite" in capsys.readouterr().err
-    main(argv + ["--overwrite"])
+    main(ce + ["--overwrite"])
     assert json.loads((out/"config.json").read_text())["loss"] == "ce" and (out/"metrics.json").exists()
 
 @pytest.mark.parametrize("flag,bad", [("--model", "resnet"), ("--loss", "dice"), ("--dataset", "imagenet")])
@@ -175,8 +188,7 @@ def test_cli_maps_flags_to_config():
 def test_torchrun_two_processes_gloo(tmp_path):
     out = tmp_path/"ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pat_nbdev.cli",
-           "--dataset", "synthetic", "--model", "segnet", "--loss", "pat", "--epochs", "2", "--batch-size", "4", "--device", "cpu",
-           "--size", "32", "--n-classes", "4", "--data-kw", "n_images=16", "--model-kw", "width=4", "--out", str(out), "--no-progress"]
+           *argv({**TINY, "epochs": 2}), "--device", "cpu", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)  # ~20 s idle; minutes on a busy machine
     assert p.returncode == 0, p.stderr[-3000:]
@@ -189,8 +201,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
 # -- user-facing errors of `pat-train`: one line on stderr, no traceback, a non-zero exit status --------------------------
 def cli(out, *extra):
     "`pat-train` arguments giving the config of `run(out)` (with 2 epochs)."
-    return ["--dataset", "synthetic", "--model", "segnet", "--loss", "pat", "--epochs", "2", "--batch-size", "4", "--no-progress",
-            "--size", "32", "--n-classes", "4", "--data-kw", "n_images=16", "--model-kw", "width=4", "--out", str(out), *extra]
+    return [*argv({**TINY, "epochs": 2}), "--out", str(out), *extra]
 
 def fails(argv, capsys, code=1) -> str:
     "Run `main(argv)`: it must exit with `code` and one line on stderr, no traceback; that line."
