@@ -11,7 +11,7 @@ import torch
 from dataclasses import fields
 from fastcore.docments import docments
 from .argtypes import key_value, image_size, positive_int, add_deprecated
-from .argtypes import describe, exit_status_epilog, VOCABULARY, vocabulary_markdown, exit_codes_markdown
+from .argtypes import describe, exit_status_epilog, VOCABULARY
 from .losses import LOSS_NAMES, resolve_loss
 from .models import MODEL_PRESETS
 from .checkpoint import PatTrainError

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 from .models import get_model, MODEL_NAMES
-from .experiments import PRESETS, plan_runs
+from .experiments import plan_runs
 
 # %% auto #0
 __all__ = ['DATASETS', 'FLOP_FORMULAS', 'H100_SXM_TFLOPS', 'ASSUMED_FRACTION', 'split_sizes', 'module_flops', 'flops_per_image',

@@ -7,8 +7,8 @@ __all__ = ['CHOICES', 'RUNTIME_FIELDS', 'SPLITS', 'EXAMPLES', 'TINY_RUN', 'datas
            'Trainer', 'example_indices', 'train']
 
 # %% ../nbs/05_train.ipynb #df737b7e
-import os, sys, math, time, json, random, argparse, ast, contextlib, inspect, platform, typing
-from dataclasses import dataclass, field, fields, asdict
+import os, math, time, random, contextlib, inspect
+from dataclasses import dataclass, field, asdict
 from itertools import islice
 from pathlib import Path
 import numpy as np
@@ -22,7 +22,7 @@ from .data import DATASET_NAMES, LOADERS, class_pixel_counts, class_groups, per_
 from .synthetic import SyntheticLongTail
 from .views import open_split, RandomCrop
 from .models import get_model, MODEL_NAMES
-from .losses import get_loss, resolve_loss, LOSS_NAMES
+from .losses import get_loss, resolve_loss
 from .metrics import ConfusionMatrix
 from .checkpoint import *
 from .device import *
