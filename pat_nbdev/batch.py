@@ -121,7 +121,7 @@ class RunProcess:
         _LIVE.add(self.p)
 
     def run(self, cfg:dict):
-        "Execute run `cfg` in this process; a one-line `RuntimeError` naming its `run.log` if it fails."
+        "Execute run `cfg` in this process; a one-line `RunFailed` naming its `run.log` if it fails."
         log = Path(cfg['out']) / 'run.log'
         try: self.p.stdin.write(json.dumps(cfg) + '\n'); self.p.stdin.flush(); answer = self.p.stdout.readline()
         except OSError: answer = ''
@@ -168,9 +168,9 @@ def run_batch(configs:list[dict], out_root, engine:str='papermill', slots:list[d
         free, procs = queue.Queue(), {}
         for i in range(len(slots)): free.put(i)
         def work(cfg):
-            if _STOP.is_set(): raise RunFailed("not started: the batch was stopped")
             i = free.get()
             try:
+                if _STOP.is_set(): raise RunFailed("not started: the batch was stopped")  # checked once a slot is free
                 cfg, env = run_env(cfg, slots[i])
                 if i in procs and (procs[i].env != env or procs[i].p.poll() is not None): procs.pop(i).close()
                 if i not in procs: procs[i] = RunProcess(engine, env, out_root / '.slots' / f'{i}.log')
