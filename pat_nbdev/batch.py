@@ -5,10 +5,11 @@
 # %% ../nbs/07f_batch.ipynb #b0000003
 from __future__ import annotations
 import json, os, queue, signal, subprocess, sys, threading, traceback
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from tqdm.auto import tqdm
 from .checkpoint import write_json
+from .eta import TimeLeft
 from .experiments import KERNEL_ARGS, drop_truncated_notebook, execute_run, run_finished
 
 # %% auto #0
@@ -147,8 +148,9 @@ def stop_runs(timeout:float=10) -> int:
     return len(live)
 
 # %% ../nbs/07f_batch.ipynb #b0000012
-def run_batch(configs:list[dict], out_root, engine:str='papermill', slots:list[dict]|None=None) -> dict:
-    "Execute every config not yet finished, one per slot of `slots` at a time (None: one after another, in this process)."
+def run_batch(configs:list[dict], out_root, engine:str='papermill', slots:list[dict]|None=None, estimates:dict|None=None) -> dict:
+    """Execute every config not yet finished, one per slot of `slots` at a time (None: one after another, in this process);
+    `estimates` (run folder -> seconds, `eta.run_estimates`): the bar shows the time left from the start, corrected as runs end."""
     out_root = Path(out_root); out_root.mkdir(parents=True, exist_ok=True); _STOP.clear()
     name = lambda cfg: str(Path(cfg['out']).relative_to(out_root))
     finished = {c['out']: run_finished(c['out']) for c in configs}
@@ -157,12 +159,14 @@ def run_batch(configs:list[dict], out_root, engine:str='papermill', slots:list[d
     if cut: print(f"removed the truncated train_run.ipynb of {len(cut)} finished run(s) (a full disk or a kill cut it short): {', '.join(cut)}")
     print(f"{len(configs)} runs: {len(kept)} finished and kept, {len(todo)} to run" + (f", {len(slots)} at a time" if slots else ''), flush=True)
     done, failed = list(kept), {}
-    bar = tqdm(total=len(todo), desc='runs', unit='run')
+    bar, left, last = tqdm(total=len(todo), desc='runs', unit='run'), TimeLeft(estimates or {}, len(slots or [0])), ['']
+    show = lambda: bar.set_postfix_str('; '.join(filter(None, (last[0], estimates and str(left)))))
+    show()  # the estimate from the start
     if not slots:
         for cfg in todo:
-            bar.set_postfix_str(name(cfg))
-            try: execute_run(cfg, engine); done.append(name(cfg))
-            except Exception as e: failed[name(cfg)] = _error_line(e)
+            last[0] = name(cfg); left.start(cfg['out']); show()
+            try: execute_run(cfg, engine); done.append(name(cfg)); left.finish(cfg['out'])
+            except Exception as e: failed[name(cfg)] = _error_line(e); left.finish(cfg['out'], ok=False)
             bar.update()
     else:
         free, procs = queue.Queue(), {}
@@ -174,16 +178,20 @@ def run_batch(configs:list[dict], out_root, engine:str='papermill', slots:list[d
                 cfg, env = run_env(cfg, slots[i])
                 if i in procs and (procs[i].env != env or procs[i].p.poll() is not None): procs.pop(i).close()
                 if i not in procs: procs[i] = RunProcess(engine, env, out_root / '.slots' / f'{i}.log')
-                procs[i].run(cfg)
+                left.start(cfg['out']); procs[i].run(cfg); left.finish(cfg['out'])
+            except BaseException: left.finish(cfg['out'], ok=False); raise
             finally: free.put(i)
         try:
             with ThreadPoolExecutor(len(slots)) as ex:
-                futures = {ex.submit(work, cfg): name(cfg) for cfg in todo}
+                futures = {ex.submit(work, cfg): name(cfg) for cfg in todo}; pending = set(futures)
                 try:
-                    for f in as_completed(futures):
-                        try: f.result(); done.append(futures[f])
-                        except Exception as e: failed[futures[f]] = _error_line(e)
-                        bar.update(); bar.set_postfix_str(futures[f])
+                    while pending:  # every 10 s at least: the time left counts down between runs
+                        ended, pending = wait(pending, timeout=10, return_when=FIRST_COMPLETED)
+                        for f in ended:
+                            try: f.result(); done.append(futures[f])
+                            except Exception as e: failed[futures[f]] = _error_line(e)
+                            bar.update(); last[0] = futures[f]
+                        show()
                 except BaseException: stop_runs(); raise  # Ctrl-C: the runs end now (the pool would wait for their last epoch)
         finally:
             for p in procs.values(): p.close()

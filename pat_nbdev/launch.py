@@ -14,9 +14,9 @@ from .argtypes import positive_int, non_negative_int, key_value, add_deprecated
 from .experiments import execute_run, run_finished
 
 # %% auto #0
-__all__ = ['RULE', 'ACTIVE', 'SQUEUE_FORMAT', 'LAUNCH_JOBS', 'LAUNCH_OPTIONS', 'LAUNCH_FLAGS', 'RunJob', 'make_executor',
-           'sbatch_script', 'job_error', 'launch_status', 'SubmissionRefused', 'launch_batch', 'add_launch_args',
-           'report_command', 'launcher_from_args']
+__all__ = ['LONGER_TIME', 'RULE', 'ACTIVE', 'SQUEUE_FORMAT', 'LAUNCH_JOBS', 'LAUNCH_OPTIONS', 'LAUNCH_FLAGS', 'RunJob',
+           'make_executor', 'sbatch_script', 'job_error', 'launch_status', 'SubmissionRefused', 'launch_batch',
+           'add_launch_args', 'report_command', 'launcher_from_args']
 
 # %% ../nbs/07b_launch.ipynb #b12b0693
 class _SigtermNoted:
@@ -45,6 +45,8 @@ def _rename_job(name:str):
     try: job and subprocess.run(['scontrol', 'update', f'JobId={job}', f'JobName={name}'], capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError): pass
 
+LONGER_TIME = "give the runs a longer --slurm-time"  # what to do about a run stopped by its time limit
+
 class RunJob(Checkpointable):
     "One run as a submitit job: `execute_run(cfg, engine)`, named `name` in `squeue`; requeued at its time limit, then resumed."
     stop_wait_s = 600  # on Slurm, a run failing after SIGTERM waits this long for the SIGKILL before it reports its error
@@ -56,8 +58,7 @@ class RunJob(Checkpointable):
             try: return str(self.run(cfg, engine))
             except Exception as e:
                 if late := _cause(e, UncompletedJobError):  # submitit's, at the time limit's warning once the requeues are used up
-                    raise TimeoutError(f"stopped by its Slurm time limit on every attempt ({late}): "
-                                       "give the runs a longer --slurm-time") from None
+                    raise TimeoutError(f"stopped by its Slurm time limit on every attempt ({late}): {LONGER_TIME}") from None
                 if term.at:
                     print("pat: Slurm is stopping this job (SIGTERM: a requeue, preemption, scancel or the time limit): no result is "
                           "written, the job's Slurm state says what happened", file=sys.stderr, flush=True)
@@ -113,6 +114,8 @@ def job_error(job:submitit.Job) -> str|None:
         if e is None: return None
         text = str(e)
         line = _last_line(text.rsplit(RULE, 1)[0] if isinstance(e, FailedJobError) and RULE in text else text)
+    elif _word(job) == 'TIMEOUT':  # killed at its last time limit before submitit could raise its own TimeoutError (a race)
+        line = f"TimeoutError: stopped by its Slurm time limit (state {_state(job)}, no result written): {LONGER_TIME}"
     else:
         last = _last_line(job.stderr(), slurm=True)
         line = f"the job ended without a result (state {_state(job)})" + (f": {last}" if last else '')

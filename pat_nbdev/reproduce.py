@@ -11,12 +11,13 @@ from .checkpoint import FolderLock, FolderLockedError
 from .losses import LOSS_NAMES, resolve_loss
 from .experiments import *
 from .experiments import PRESETS, TABLE_MODELS
-from .batch import job_slots, run_batch, stop_runs
+from .batch import job_slots, run_batch, run_env, stop_runs
+from .eta import describe_estimate, job_estimate
 from .page import write_report_page
 
 # %% auto #0
 __all__ = ['THEORY_FIGURES', 'BENCH_SHAPE', 'OUTPUTS', 'reproduce_parser', 'plan', 'PlanError', 'check_plan', 'clear_report',
-           'Terminated', 'main']
+           'announce_estimate', 'Terminated', 'main']
 
 # %% ../nbs/08_reproduce.ipynb #d41899fc
 def _has_gpu() -> bool:
@@ -109,7 +110,25 @@ def clear_report(report_dir:Path, keep_theory:bool=True):
         if keep_theory and f.name.startswith(THEORY_FIGURES): continue
         shutil.rmtree(f) if f.is_dir() else f.unlink()
 
+# %% ../nbs/08_reproduce.ipynb #e7b00002
+def announce_estimate(todo:list[dict], slots:list[dict]|None, steps) -> dict:
+    "Measure this machine on the runs `todo`, print the expected time of `steps`; the runs' estimates (run folder -> s), {} if none."
+    steps = [s for s in steps if s != 'runs' or todo]
+    if not steps: return {}
+    todo = [run_env(c, slots[0])[0] for c in todo] if slots else todo  # at the thread count each run will have
+    print(f"measuring this machine on the {len(todo)} run(s) to do ...", end=' ', flush=True)
+    try: est = job_estimate(todo, len(slots or [0]), steps)
+    except Exception as e: print(f"no estimate ({type(e).__name__}: {e})", flush=True); return {}
+    print(describe_estimate(est, len(todo), len(slots or [0])), flush=True)
+    return est['runs_each']
+
 # %% ../nbs/08_reproduce.ipynb #9c962084
+def _slots(a:argparse.Namespace) -> list[dict]|None:
+    "The slots the runs of parsed options `a` get on this machine (`job_slots`); None: one after another in this process."
+    jobs = a.jobs or (1 if _has_gpu() and not a.devices else os.cpu_count() or 1)  # GPU without --devices: one run at a time on it
+    in_process = a.engine == 'inprocess' and jobs == 1 and not a.devices  # else each run in its own process, its output in run.log
+    return None if in_process else job_slots(jobs, a.devices, a.runs_per_device)
+
 def _step(name, fn, log):
     t0 = time.perf_counter(); print(f"== {name}", flush=True)
     from pat_nbdev.launch import SubmissionRefused
@@ -162,6 +181,8 @@ def main(argv=None):
     if a.dry_run:
         for c in configs: print('  ', Path(c['out']).relative_to(out / 'runs'))
         if launch and a.launcher == 'slurm': print(sbatch_script(launch['executor'], len(configs), launch['max_parallel']))
+        elif not launch: announce_estimate([c for c in configs if not run_finished(c['out'])], _slots(a), [s for s in (
+            'theory', 'runs', 'bench', 'report') if s not in a.skip])  # what the same command without --dry-run would take
         return 0
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
@@ -180,9 +201,7 @@ def _steps(a, out:Path, configs:list[dict], launch:dict|None) -> int:
     "The steps of `main` under its lock on `out`: the plan checked, then theory, runs, benchmark and report; the exit code."
     from pat_nbdev.launch import launch_batch, launch_status
     preset = PRESETS[a.preset]
-    jobs = a.jobs or (1 if _has_gpu() and not a.devices else os.cpu_count() or 1)  # GPU without --devices: one run at a time on it
-    in_process = a.engine == 'inprocess' and jobs == 1 and not a.devices  # else each run in its own process, its output in run.log
-    slots = None if in_process else job_slots(jobs, a.devices, a.runs_per_device)
+    slots = _slots(a)
     status = check_plan(configs, out, a.overwrite)
     if a.report_only:
         if not status['finished']: raise PlanError(f"none of the {len(configs)} runs of preset {a.preset!r} has finished under "
@@ -191,12 +210,14 @@ def _steps(a, out:Path, configs:list[dict], launch:dict|None) -> int:
                                  f"{_listing(str(Path(f).relative_to(out / 'runs')) for f in status['todo'])}")
     log = {}
     skip = set(a.skip) | ({'theory', 'runs', 'bench'} if a.report_only else set()) | ({'theory', 'report', 'bench'} if a.detach else set())
+    todo, steps = set(status['todo']), [s for s in ('theory', 'runs', 'bench', 'report') if s not in skip]
+    estimates = {} if launch or 'runs' not in steps else announce_estimate([c for c in configs if c['out'] in todo], slots, steps)
     if 'theory' not in skip:
         _step('theory', lambda: execute_notebook(notebook_path('03_theory.ipynb'), out / 'notebooks' / '03_theory.ipynb',
                                                  {'fig_dir': str(out / 'report')}), log)
     if 'runs' not in skip:
         batch = ((lambda: launch_batch(configs, out, engine=a.engine, **launch)) if launch
-                 else (lambda: run_batch(configs, out / 'runs', a.engine, slots)))
+                 else (lambda: run_batch(configs, out / 'runs', a.engine, slots, estimates)))
         _step('runs', lambda: log.update(batch=batch()), log)
     if a.report_only and (out / 'slurm' / 'submitted.json').exists():  # a batch submitted with --launcher: where its runs stand
         log['batch'] = launch_status(out)

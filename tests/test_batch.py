@@ -64,3 +64,17 @@ def test_what_a_run_leaves_does_not_reach_the_next(tmp_path, monkeypatch, first)
     alone = tiny_configs(tmp_path / 'alone')[0]
     run_batch([alone], tmp_path / 'alone', 'papermill', job_slots(1, cores=1))
     same_results(Path(ce['out']), Path(alone['out']))
+
+
+def test_time_left_shown_from_the_start(tmp_path, capsys):
+    """pat-reproduce measures this machine before the runs and prints each step's expected time; the bar says the time left
+    before the first run has ended (issue 16; a failed measurement: 08_reproduce)."""
+    from pat_nbdev.reproduce import main
+    args = ['--preset', 'tiny', '--seeds', '1', '--jobs', '1', '--skip', 'theory', 'bench', 'report', '--out']
+    assert main([*args, str(tmp_path / 'a')]) == 0
+    said = capsys.readouterr()
+    line = next(l for l in said.out.splitlines() if l.startswith('measuring this machine'))
+    assert 'expected on this machine: runs ' in line and '(2 runs, 1 at a time)' in line and 'in all' in line, line
+    bar = said.err.replace('\r', '\n').splitlines()
+    first = [l for l in bar if l.startswith('runs:   0%')]  # before any run has ended
+    assert any('left' in l for l in first), first

@@ -202,11 +202,13 @@ def test_time_limit_requeues_then_names_the_run(out):
     assert 'Traceback' not in r.stdout, r.stdout[-3000:]
     for run in ('synthetic3/segnet/ce', 'synthetic3/segnet/pat'):
         line = next((l for l in r.stdout.splitlines() if l.startswith(f'  {run}: ')), '')
-        assert line.startswith(f'  {run}: TimeoutError: stopped by its Slurm time limit on every attempt') and '--slurm-time' in line, line
+        assert line.startswith(f'  {run}: TimeoutError: stopped by its Slurm time limit') and '--slurm-time' in line, line
         assert Path(re.search(r'\(log: (.*)\)$', line).group(1)).exists()
         job = job_of(out, run)
         attempts = [s for t, _, s in sacct(job.split('_')[0], every_attempt=True) if t == job]
-        assert attempts == ['REQUEUED', 'FAILED'], attempts
+        # the last attempt: submitit's handler raises (FAILED), or, on a busy machine, Slurm's kill comes first (TIMEOUT); same line
+        assert attempts in (['REQUEUED', 'FAILED'], ['REQUEUED', 'TIMEOUT']), attempts
+        assert ('on every attempt' in line) == (attempts[-1] == 'FAILED'), line
     record('test_time_limit_requeues_then_names_the_run', t0)
 
 def test_refused_submission_is_one_line(out):
