@@ -156,8 +156,10 @@ def run_batch(configs:list[dict], out_root, engine:str='papermill', slots:list[d
     finished = {c['out']: run_finished(c['out']) for c in configs}
     kept, todo = [name(c) for c in configs if finished[c['out']]], [c for c in configs if not finished[c['out']]]
     cut = [name(c) for c in configs if finished[c['out']] and drop_truncated_notebook(c['out'])]
-    if cut: print(f"removed the truncated train_run.ipynb of {len(cut)} finished run(s) (a full disk or a kill cut it short): {', '.join(cut)}")
-    print(f"{len(configs)} runs: {len(kept)} finished and kept, {len(todo)} to run" + (f", {len(slots)} at a time" if slots else ''), flush=True)
+    if cut: print(f"removed the truncated train_run.ipynb of {len(cut)} finished run(s) (a full disk or a kill cut it short): "
+                  f"{', '.join(cut)}")
+    print(f"{len(configs)} runs: {len(kept)} finished and kept, {len(todo)} to run" + (f", {len(slots)} at a time" if slots else ''),
+          flush=True)
     done, failed = list(kept), {}
     bar, left, last = tqdm(total=len(todo), desc='runs', unit='run'), TimeLeft(estimates or {}, len(slots or [0])), ['']
     show = lambda: bar.set_postfix_str('; '.join(filter(None, (last[0], estimates and str(left)))))
@@ -197,5 +199,6 @@ def run_batch(configs:list[dict], out_root, engine:str='papermill', slots:list[d
             for p in procs.values(): p.close()
     bar.close()
     try: write_json(failed, out_root / 'failures.json')
-    except OSError as e: print(f"could not write {out_root / 'failures.json'} ({e}); the failures were:", json.dumps(failed, indent=2), flush=True)
+    except OSError as e: print(f"could not write {out_root / 'failures.json'} ({e}); the failures were:", json.dumps(failed, indent=2),
+                               flush=True)
     return dict(done=done, failed=failed)

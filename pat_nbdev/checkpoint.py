@@ -154,7 +154,8 @@ def check_writable(out):
     where = next(p for p in (out, *out.parents) if p.exists())  # the nearest existing folder (or a file in the way)
     if not where.is_dir(): raise RunFolderError(f"--out {out}: {where} is a file; expected a folder (or a path that does not exist yet)")
     try: fd, probe = tempfile.mkstemp(dir=where, prefix=".pat-train-probe-"); os.close(fd); os.remove(probe)
-    except OSError as e: raise RunFolderError(f"--out {out}: cannot write in {where} ({e.strerror or e}); expected a writable folder") from None
+    except OSError as e: raise RunFolderError(f"--out {out}: cannot write in {where} ({e.strerror or e}); "
+                                              "expected a writable folder") from None
 
 # %% ../nbs/05a_checkpoint.ipynb #d55e330c
 def check_run_folder(out, config:dict, ignore=(), overwrite:bool=False, paths=()) -> bool:

@@ -11,10 +11,10 @@ import torch
 from dataclasses import fields
 from fastcore.docments import docments
 from .argtypes import key_value, image_size, positive_int, add_deprecated
-from .argtypes import describe, exit_status_epilog, VOCABULARY
+from .argtypes import describe, exit_status_epilog, VOCABULARY, INTERRUPTED
 from .losses import LOSS_NAMES, resolve_loss
 from .models import MODEL_PRESETS
-from .checkpoint import PatTrainError
+from .checkpoint import PatTrainError, RunFolderError
 from .train import TrainConfig, CHOICES, train
 
 # %% ../nbs/05b_cli.ipynb #87bee4f2
@@ -45,7 +45,8 @@ def loss_choice(name:str) -> str:
     "`name` if it is a registered loss or an import path 'package.module:Class' (checked when the run is configured)."
     if name in LOSS_NAMES or ":" in name: return name
     try: resolve_loss(name); return name
-    except ValueError: raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(LOSS_NAMES)}, or package.module:Class)")
+    except ValueError: raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(LOSS_NAMES)}, "
+                                                        "or package.module:Class)")
 
 FIELD_TYPES = dict(loss=loss_choice)  # fields whose command-line type is not their annotation (ranges: `TrainConfig` checks them)
 
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     "The `pat-train` argument parser, one option per `TrainConfig` field (help from its comment), plus `SHORTCUTS`."
     p = argparse.ArgumentParser(prog="pat-train", description="Train one segmentation model with one loss (the PAT paper's protocol).",
                                 epilog=exit_status_epilog(), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    docs, hints, d = docments(TrainConfig), typing.get_type_hints(TrainConfig), TrainConfig()  # docs: the fields' comments (None when run as __main__)
+    # docs: the fields' comments (None when run as __main__)
+    docs, hints, d = docments(TrainConfig), typing.get_type_hints(TrainConfig), TrainConfig()
     for f in fields(TrainConfig):
         flag, t, default, doc = _flag(f.name), _field_type(hints[f.name]), getattr(d, f.name), docs.get(f.name) or ""
         help = (describe(flag, doc) if flag in VOCABULARY else doc).replace("%", "%%")
@@ -82,11 +84,14 @@ def main(argv=None):
     p = build_parser()
     a = p.parse_args(argv)
     try: res = train(config_from_args(a))
-    except KeyboardInterrupt as e: p.exit(130, f"pat-train: {str(e) or 'interrupted before training started; run the same command again'}\n")
+    except KeyboardInterrupt as e:
+        p.exit(INTERRUPTED, f"pat-train: {str(e) or 'interrupted before training started; run the same command again'}\n")
     except ValueError as e: p.exit(2, f"pat-train: error: {e}\n")  # a bad option or input: fix the command
+    except RunFolderError as e: p.exit(2, f"pat-train: error: {e}\n")  # --out cannot take this run: another --out, --overwrite, or wait
     except (PatTrainError, OSError) as e: p.exit(1, f"pat-train: error: {e}\n")  # the run cannot go on: the message says why
-    except torch.OutOfMemoryError: p.exit(1, f"pat-train: error: out of GPU memory; lower --batch-size (now {a.batch_size}), train on crops "
-                                            "(--crop), or a smaller model (--model-size small); run the same command to resume\n")
+    except torch.OutOfMemoryError: p.exit(1, f"pat-train: error: out of GPU memory; lower --batch-size (now {a.batch_size}), "
+                                            "train on crops (--crop), or a smaller model (--model-size small); "
+                                            "run the same command to resume\n")
     if int(os.environ.get("RANK", "0")): return
     if "stopped_at_epoch" in res: print(f"stopped after epoch {res['stopped_at_epoch']}; run the same command to resume")
     else: print(f"{a.out}: test mIoU {res['test']['miou']:.2f}, pix acc {res['test']['pix_acc']:.2f}, best epoch {res['best_epoch']}, "

@@ -52,7 +52,7 @@ def test_lock_taken_after_the_check_is_still_honoured(tmp_path, monkeypatch):
     locks[0].release()
 
 def test_two_pat_train_at_once(tmp_path):
-    "The real race: a second command started while the first trains exits 1 in one line and touches nothing of the first's."
+    "The real race: a second command started while the first trains exits 2 in one line and touches nothing of the first's."
     out = tmp_path/"run"
     first = subprocess.Popen([PAT_TRAIN, *cli(out, "--epochs", "1000")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=ENV, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # Ctrl-C-able from a background job
@@ -60,7 +60,7 @@ def test_two_pat_train_at_once(tmp_path):
         wait_for(out/"last.pt", first)
         second = subprocess.run([PAT_TRAIN, *cli(out, "--loss", "ce", "--overwrite")], capture_output=True, text=True, env=ENV, timeout=900)
         err = second.stderr.strip()
-        assert second.returncode == 1 and len(err.splitlines()) == 1 and f"{out} is in use by a training run (pid {first.pid} " in err, err
+        assert second.returncode == 2 and len(err.splitlines()) == 1 and f"{out} is in use by a training run (pid {first.pid} " in err, err
         assert first.poll() is None, "the first run ended before the second was refused: make it longer"
         first.send_signal(signal.SIGINT)  # Ctrl-C: exit 130, its folder its own and resumable
         assert first.wait(timeout=300) == 130 and "run the same command again to resume" in first.communicate()[1]
