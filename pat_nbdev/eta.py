@@ -83,7 +83,7 @@ def makespan(seconds:list[float], slots:int=1, busy:list[float]=()) -> float:
 # %% ../nbs/07g_eta.ipynb #e7a00020
 _SAME_SPEED = ('dataset', 'root', 'data_kw', 'model', 'model_kw', 'batch_size', 'crop', 'threads', 'device')
 
-def run_estimates(configs:list[dict], progress=None) -> dict:
+def run_estimates(configs:list[dict]) -> dict:
     "Expected seconds of each run config (by its `out`), measuring each group of runs with the same step times once."
     key = lambda c: repr([c.get(k) for k in _SAME_SPEED])
     out = {}
@@ -91,7 +91,6 @@ def run_estimates(configs:list[dict], progress=None) -> dict:
         group = list(group)
         sizes = split_sizes(group[0]); speed = step_seconds(group[0], sizes)
         out.update({c['out']: run_seconds(c, sizes, speed) for c in group})
-        if progress: progress(len(group))
     return out
 
 # %% ../nbs/07g_eta.ipynb #e7a00022
@@ -104,9 +103,9 @@ def machine_factor(repeats:int=3, calls:int=5) -> float:
     return probe / REFERENCE['probe']
 
 # %% ../nbs/07g_eta.ipynb #e7a00024
-def job_estimate(configs:list[dict], slots:int=1, steps=('theory', 'runs', 'bench', 'report'), progress=None) -> dict:
+def job_estimate(configs:list[dict], slots:int=1, steps=('theory', 'runs', 'bench', 'report')) -> dict:
     "Expected seconds of each of `steps` of `pat-reproduce` for the runs still to do (`configs`), `slots` at a time; 'runs_each' by run."
-    each = run_estimates(configs, progress) if 'runs' in steps and configs else {}
+    each = run_estimates(configs) if 'runs' in steps and configs else {}
     factor = machine_factor() if set(steps) - {'runs'} else 1.0
     res = {s: makespan([each[c['out']] for c in configs], slots) if s == 'runs' else REFERENCE[s] * factor for s in steps}
     return dict(res, total=sum(res.values()), factor=factor, runs_each=each)
@@ -122,7 +121,7 @@ def describe_estimate(est:dict, n_runs:int, slots:int) -> str:
 class TimeLeft:
     "The time left of a batch of runs with `estimates` (out -> seconds), `slots` at a time, corrected by the runs that finished."
     def __init__(self, estimates:dict, slots:int=1, clock=time.monotonic):
-        self.est, self.slots, self.clock, self.lock = dict(estimates), max(1, slots), clock, threading.Lock()
+        self.est, self.slots, self.clock, self.lock = dict(estimates), max(1, slots), clock, threading.RLock()
         self.started, self.actual, self.over = {}, {}, set()  # out -> start time; out -> seconds it took (finished); ended
 
     def start(self, out):
@@ -137,8 +136,9 @@ class TimeLeft:
     @property
     def scale(self) -> float:
         "Finished runs' seconds over their estimates (1 before any has finished)."
-        planned = sum(self.est.get(o, 0) for o in self.actual)
-        return sum(self.actual.values()) / planned if planned else 1.0
+        with self.lock:  # the slots' threads add runs while the bar reads
+            planned = sum(self.est.get(o, 0) for o in self.actual)
+            return sum(self.actual.values()) / planned if planned else 1.0
 
     def seconds(self) -> float:
         "Expected seconds until every run has ended."

@@ -32,7 +32,7 @@ def test_second_run_into_a_busy_folder_is_refused(tmp_path, capsys):
                               stdout=subprocess.PIPE, text=True, env=ENV)
     try:
         assert holder.stdout.readline().strip() == "held"
-        err = fails(cli(out), capsys, code=1)
+        err = fails(cli(out), capsys, code=2)
         assert f"{out} is in use by a training run (pid {holder.pid} on " in err and "wait for it to end" in err, err
         assert names(out) == [C.LOCK_FILE]
     finally: holder.kill(); holder.wait()

@@ -163,7 +163,7 @@ def test_refuses_another_run(reference, tmp_path, capsys):
     assert load(out)["epoch"] == 1  # untouched
     ce = [*argv({**TINY, "loss": "ce", "epochs": 1}), "--out", str(out)]
     with pytest.raises(SystemExit) as e: main(ce)
-    assert e.value.code == 1 and "--overwrite" in capsys.readouterr().err
+    assert e.value.code == 2 and "--overwrite" in capsys.readouterr().err  # the folder cannot take the run: fix the command
     main(ce + ["--overwrite"])
     assert json.loads((out/"config.json").read_text())["loss"] == "ce" and (out/"metrics.json").exists()
 
@@ -265,7 +265,7 @@ def test_bad_root_one_line(tmp_path, capsys, layout):
 
 def test_out_is_a_file(tmp_path, capsys):
     f = tmp_path/"notes.txt"; f.write_text("mine")
-    err = fails(cli(f), capsys)
+    err = fails(cli(f), capsys, code=2)
     assert str(f) in err and "is a file" in err and f.read_text() == "mine"
 
 @pytest.mark.parametrize("where", ["proc", "read-only folder"])
@@ -274,14 +274,14 @@ def test_unwritable_out(tmp_path, capsys, where):
     else:
         if os.geteuid() == 0: pytest.skip("root writes into a 0o500 folder")
         (tmp_path/"ro").mkdir(); (tmp_path/"ro").chmod(0o500); out = tmp_path/"ro"/"run"
-    err = fails(cli(out), capsys)
+    err = fails(cli(out), capsys, code=2)
     assert str(out) in err and "cannot write" in err and not out.exists()
 
 def test_corrupt_checkpoint_one_line(tmp_path, capsys):
     out = tmp_path/"run"
     main(cli(out, "--stop-after-epochs", "1"))
     (out/"last.pt").write_bytes(b"not a checkpoint " * 8)
-    err = fails(cli(out), capsys)
+    err = fails(cli(out), capsys, code=2)
     assert str(out/"last.pt") in err and "--overwrite" in err
     main(cli(out, "--overwrite"))
     assert (out/"metrics.json").exists() and load(out)["epoch"] == 2
@@ -289,7 +289,7 @@ def test_corrupt_checkpoint_one_line(tmp_path, capsys):
 def test_corrupt_config_one_line(tmp_path, capsys):
     out = tmp_path/"run"; out.mkdir()
     (out/"config.json").write_text('{\n  "dataset": "synth')  # truncated
-    err = fails(cli(out), capsys)
+    err = fails(cli(out), capsys, code=2)
     assert str(out/"config.json") in err and "--overwrite" in err
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
