@@ -103,8 +103,8 @@ def machine_factor(repeats:int=3, calls:int=5) -> float:
     return probe / REFERENCE['probe']
 
 # %% ../nbs/07g_eta.ipynb #e7a00024
-def job_estimate(configs:list[dict], slots:int=1, steps=('theory', 'runs', 'bench', 'report')) -> dict:
-    "Expected seconds of each of `steps` of `pat-reproduce` for the runs still to do (`configs`), `slots` at a time; 'runs_each' by run."
+def job_estimate(configs:list[dict], slots:int, steps) -> dict:
+    "Expected seconds of each of `steps` (`reproduce.STEPS`) for the runs still to do (`configs`), `slots` at a time; 'runs_each' by run."
     each = run_estimates(configs) if 'runs' in steps and configs else {}
     factor = machine_factor() if set(steps) - {'runs'} else 1.0
     res = {s: makespan([each[c['out']] for c in configs], slots) if s == 'runs' else REFERENCE[s] * factor for s in steps}

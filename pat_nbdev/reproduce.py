@@ -16,8 +16,8 @@ from .eta import describe_estimate, job_estimate
 from .page import write_report_page
 
 # %% auto #0
-__all__ = ['THEORY_FIGURES', 'BENCH_SHAPE', 'OUTPUTS', 'reproduce_parser', 'plan', 'PlanError', 'check_plan', 'clear_report',
-           'announce_estimate', 'Terminated', 'main']
+__all__ = ['STEPS', 'THEORY_FIGURES', 'BENCH_SHAPE', 'OUTPUTS', 'reproduce_parser', 'plan', 'PlanError', 'check_plan',
+           'clear_report', 'announce_estimate', 'Terminated', 'main']
 
 # %% ../nbs/08_reproduce.ipynb #d41899fc
 def _has_gpu() -> bool:
@@ -29,6 +29,8 @@ def _extra_loss(s:str) -> tuple:
     name, _, path = s.rpartition('=') if '=' in s else ('', '', s)
     if ':' not in path: raise argparse.ArgumentTypeError(f"expected [NAME=]package.module:Class, got {s!r}")
     return name or path.rsplit(':', 1)[1].lower(), path
+
+STEPS = ('theory', 'runs', 'bench', 'report')  # the command's steps, in the order it runs them
 
 def reproduce_parser() -> argparse.ArgumentParser:
     from pat_nbdev.launch import add_launch_args, LAUNCH_JOBS
@@ -52,7 +54,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
                    '3: what the cost model, 06a_cost, fits on an 80 GiB H100 with 16 cores'))
     p.add_argument('--cache', help=describe('--cache', 'default: OUT/cache'))
     p.add_argument('--engine', choices=('papermill', 'inprocess'), default='papermill')
-    p.add_argument('--skip', nargs='*', choices=('theory', 'bench', 'runs', 'report'), default=[], help='steps to leave out')
+    p.add_argument('--skip', nargs='*', choices=STEPS, default=[], help='steps to leave out')
     p.add_argument('--overwrite', action='store_true', help='set aside (under OUT/runs/.replaced/) finished runs made with other '
                    'settings than this plan, and retrain them; without it the command refuses to mix them in')
     p.add_argument('--dry-run', action='store_true', help='list the runs and exit')
@@ -182,8 +184,8 @@ def main(argv=None):
     if a.dry_run:
         for c in configs: print('  ', Path(c['out']).relative_to(out / 'runs'))
         if launch and a.launcher == 'slurm': print(sbatch_script(launch['executor'], len(configs), launch['max_parallel']))
-        elif not launch: announce_estimate([c for c in configs if not run_finished(c['out'])], _slots(a), [s for s in (
-            'theory', 'runs', 'bench', 'report') if s not in a.skip])  # what the same command without --dry-run would take
+        elif not launch:  # what the same command without --dry-run would take
+            announce_estimate([c for c in configs if not run_finished(c['out'])], _slots(a), [s for s in STEPS if s not in a.skip])
         return 0
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
@@ -212,7 +214,7 @@ def _steps(a, out:Path, configs:list[dict], launch:dict|None) -> int:
                                  f"{_listing(str(Path(f).relative_to(out / 'runs')) for f in status['todo'])}")
     log = {}
     skip = set(a.skip) | ({'theory', 'runs', 'bench'} if a.report_only else set()) | ({'theory', 'report', 'bench'} if a.detach else set())
-    todo, steps = set(status['todo']), [s for s in ('theory', 'runs', 'bench', 'report') if s not in skip]
+    todo, steps = set(status['todo']), [s for s in STEPS if s not in skip]
     estimates = {} if launch or 'runs' not in steps else announce_estimate([c for c in configs if c['out'] in todo], slots, steps)
     if 'theory' not in skip:
         _step('theory', lambda: execute_notebook(notebook_path('03_theory.ipynb'), out / 'notebooks' / '03_theory.ipynb',
