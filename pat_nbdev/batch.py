@@ -13,8 +13,8 @@ from .eta import TimeLeft
 from .experiments import KERNEL_ARGS, drop_truncated_notebook, execute_run, run_finished
 
 # %% auto #0
-__all__ = ['WARM_IMPORTS', 'job_slots', 'run_env', 'SlotKernel', 'RunFailed', 'slot_worker', 'RunProcess', 'stop_runs',
-           'run_batch']
+__all__ = ['WARM_IMPORTS', 'KERNEL_STARTS', 'job_slots', 'run_env', 'SlotKernel', 'RunFailed', 'slot_worker', 'RunProcess',
+           'stop_runs', 'run_batch']
 
 # %% ../nbs/07f_batch.ipynb #b0000006
 def job_slots(jobs:int=1, devices:list|None=None, runs_per_device:int=1, cores:int|None=None) -> list[dict]:
@@ -34,14 +34,22 @@ def run_env(cfg:dict, slot:dict) -> tuple[dict, dict]:
 # %% ../nbs/07f_batch.ipynb #b000000c
 WARM_IMPORTS = 'import json, tempfile, pandas, matplotlib.pyplot, torch, pat_nbdev.train'  # what train_run.ipynb imports
 
+KERNEL_STARTS = 3  # attempts: kernels started at the same moment may be given the same free port (below)
+
 class SlotKernel:
     "A Jupyter kernel started once, its imports done, that executes notebooks one after another; `reset` clears what a run left."
     def __init__(self):
-        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_client import manager
         from jupyter_client.utils import run_sync
-        self._sync, self.km = run_sync, AsyncKernelManager(kernel_name='python3')
-        self._sync(self.km.start_kernel)(extra_arguments=KERNEL_ARGS)
-        self.threads = int(self.execute(WARM_IMPORTS, 'torch.get_num_threads()'))
+        self._sync = run_sync
+        for attempt in range(1, KERNEL_STARTS + 1):
+            self.km = manager.AsyncKernelManager(kernel_name='python3')
+            self._sync(self.km.start_kernel)(extra_arguments=KERNEL_ARGS)
+            try: self.threads = int(self.execute(WARM_IMPORTS, 'torch.get_num_threads()')); break
+            except RuntimeError as e:
+                if self.alive or attempt == KERNEL_STARTS: raise  # an import failed: starting again would not help
+                print(f'kernel start {attempt} of {KERNEL_STARTS} failed ({e}): starting another', file=sys.stderr, flush=True)
+                self._sync(self.km.cleanup_resources)()
         self.reset()
 
     def execute(self, code:str, expression:str|None=None) -> str|None:
@@ -115,7 +123,7 @@ _CHILD = ('import ctypes, os, signal, sys\n'
 class RunProcess:
     "The batch's end of one slot's run process: hand it a run, wait for its answer."
     def __init__(self, engine:str, env:dict, log:Path):
-        log.parent.mkdir(parents=True, exist_ok=True); self.env = env
+        log.parent.mkdir(parents=True, exist_ok=True); self.env, self.log = env, log
         with open(log, 'a') as f:
             self.p = subprocess.Popen([sys.executable, '-c', _CHILD, engine, str(os.getpid())], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=f, text=True, env={**os.environ, **env, 'PYTHONWARNINGS': 'ignore'})
@@ -128,7 +136,7 @@ class RunProcess:
         except OSError: answer = ''
         if not answer:  # the process ended: killed, out of memory, stopped
             code = self.p.wait(); _LIVE.discard(self.p)
-            raise RunFailed(f"the run process ended (exit {code}) (see {log})")
+            raise RunFailed(f"the run process ended (exit {code}) (see {log if log.exists() else self.log})")  # before the run: its kernel
         if 'error' in (a := json.loads(answer)): raise RunFailed(f"{a['error']} (see {log})")
 
     def close(self, timeout:float=30):
