@@ -16,10 +16,17 @@ from .data import distinct_palette, denormalize, per_image_class_counts, class_g
 from .dataplots import colourize, plot_class_imbalance, GROUP_COLOURS
 
 # %% auto #0
-__all__ = ['caption', 'run_dataset', 'plot_imbalance', 'select_runs', 'per_class_iou', 'plot_iou_heatmap', 'plot_examples',
-           'val_curves', 'plot_val_curves']
+__all__ = ['seed_counts', 'caption', 'run_dataset', 'plot_imbalance', 'select_runs', 'per_class_iou', 'plot_iou_heatmap',
+           'plot_examples', 'val_curves', 'plot_val_curves']
 
 # %% ../nbs/07c_figures.ipynb #2ddf7e95
+def seed_counts(g:pd.DataFrame) -> str:
+    "How many seeds each method of runs `g` rests on: one count for all, or, while a study accumulates, each count with its methods."
+    n = g.groupby('method', sort=False).seed.nunique()
+    if n.nunique() == 1: return f"{n.iloc[0]} seed(s) per method"
+    methods = {c: [m for m in n.index if n[m] == c] for c in sorted(set(n), reverse=True)}
+    return f"{min(n)}-{max(n)} seeds per method (" + '; '.join(f"{c} for {', '.join(ms)}" for c, ms in methods.items()) + ')'
+
 def caption(df:pd.DataFrame, data_key:str|None=None) -> str:
     "Where the runs of `data_key` (all runs when None) come from: data, size, epochs, seeds, device."
     g = df if data_key is None else df[df.data_key == data_key]
@@ -28,7 +35,7 @@ def caption(df:pd.DataFrame, data_key:str|None=None) -> str:
         r = k.iloc[0]
         epochs = '/'.join(map(str, sorted(k.epochs.unique())))
         parts.append(f"{key}: {r.kind.upper()} {r.dataset} ({r.n_classes} classes, {r.train_images} training images), {r.image_size}, "
-                     f"{epochs} epoch(s), {k.seed.nunique()} seed(s) per method, {r.device}"
+                     f"{epochs} epoch(s), {seed_counts(k)}, {r.device}"
                      + (f" ({int(r.threads)} thread(s) per run)" if pd.notna(r.get('threads')) else ''))
     return '; '.join(parts)
 

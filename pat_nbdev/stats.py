@@ -12,7 +12,7 @@ from .experiments import PAPER_DIR, TAUS
 
 # %% auto #0
 __all__ = ['LOWER_IS_BETTER', 'PAPER_TABLES', 'seed_summary', 'mean_std_cells', 't_interval', 'verdict', 'paired_comparison',
-           'verdict_sentence', 'paper_table', 'beside_paper']
+           'verdict_sentence', 'seeds_for', 'answer_sentence', 'paper_table', 'beside_paper']
 
 # %% ../nbs/07a_stats.ipynb #0164fa64
 def seed_summary(df:pd.DataFrame, by=('data_key', 'model', 'method'), metrics=('miou', 'miou_tail')) -> pd.DataFrame:
@@ -82,6 +82,23 @@ def verdict_sentence(row, metric:str='miou', reference:str='PAT') -> str:
     word = {'gain': 'ahead of', 'loss': 'behind', 'within the spread': 'within the spread of'}[v]
     return (f"{row['data_key']}, {row['model']}: {reference} is {word} {row['baseline']} on {name}: {d:+.1f} points "
             f"(95 % t interval {lo:+.1f} to {hi:+.1f}, {n} seeds).")
+
+# %% ../nbs/07a_stats.ipynb #a1c0e7d2
+def seeds_for(half_width:float, n:int, resolution:float=1.0, level:float=0.95, most:int=1000) -> int|None:
+    "Paired seeds for an interval of half-width `resolution`, if the differences keep the spread that gave `half_width` over `n`."
+    t = lambda m: stats.t.ppf((1 + level) / 2, m - 1)
+    s = half_width * np.sqrt(n) / t(n)  # the differences' standard deviation
+    return next((m for m in range(2, most + 1) if t(m) * s / np.sqrt(m) <= resolution), None)
+
+def answer_sentence(row, reference:str='PAT', resolution:float=1.0) -> str:
+    "`verdict_sentence` on mIoU, then whether its interval is narrow enough to show a difference of `resolution` points."
+    s, lo, hi = verdict_sentence(row, 'miou', reference), row['miou low'], row['miou high']
+    if np.isnan(lo): return s
+    half, what = (hi - lo) / 2, f"a {resolution:g}-point difference"
+    if half <= resolution: return f"{s[:-1]}; half-width {half:.1f} points: narrow enough to show {what}."
+    need = seeds_for(half, row.get('miou n', row['seeds']), resolution)
+    return (f"{s[:-1]}; half-width {half:.1f} points: too wide to show {what} "
+            f"({f'about {need} paired seeds would be, at this spread' if need else 'more than 1000 paired seeds would be needed'}).")
 
 # %% ../nbs/07a_stats.ipynb #6b1d2e40
 PAPER_TABLES = {1: ('table1_segnet.csv', ['loss']), 2: ('table2_models.csv', ['model', 'loss']), 3: ('table3_tau.csv', ['model', 'tau'])}
