@@ -52,4 +52,6 @@ def test_report_rebuilds_from_the_committed_files_alone(runs, tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     report = out / 'report'
     assert (report / 'methods_camvid_unet.md').exists() and (report / 'runs.csv').exists()
+    answers = [l for l in (report / 'answer.md').read_text().splitlines() if l.startswith('- camvid, unet: PAT')]
+    assert len(answers) == 2 and all(' ce ' in l for l in answers), answers  # the headline: each PAT against CE
     assert 'Traceback' not in p.stdout + p.stderr
