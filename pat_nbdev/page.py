@@ -105,7 +105,7 @@ def write_report_page(out) -> Path:
 PAGE_FILES = {  # the report notebook's `##` sections in order, and the files each shows (patterns; a table's .csv goes with its .md)
     'The answer: does PAT improve mIoU over cross-entropy?': ('answer.md',),
     "The paper's tables": ('table1.md', 'table2.md', 'table3.md'),
-    'Every method, mean ± std over seeds': ('methods_*.md',),
+    'Every method, mean ± std over seeds': ('methods_*.md', 'seeds_*.md'),
     'PAT against each baseline, paired by seed': ('paired.md', 'verdicts.md'),
     'Fig. 2: the class imbalance': ('fig2_*.png',),
     "Fig. 3: PAT's weights and loss": ('fig3_*.png',),
