@@ -230,9 +230,9 @@ def record_run(out, engine:str, late:bool=False):
     "What a run records once trained: `provenance.json` (code, host, threads) and its paths made relative to its folder `out`."
     out = Path(out)
     note = dict(note='stopped after its test metrics, before this record: the code named here completed the record') if late else {}
-    write_json(dict(code_version(), engine=engine, host=platform.node(), threads=read_config(out / 'config.json').get('threads'),
-                    finished=time.strftime('%Y-%m-%d %H:%M:%S %Z'), **note), out / 'provenance.json')
     portable_paths(out)  # a run folder can be committed and moved: it names no path of this machine
+    write_json(dict(code_version(), engine=engine, host=platform.node(), threads=read_config(out / 'config.json').get('threads'),
+                    finished=time.strftime('%Y-%m-%d %H:%M:%S %Z'), **note), out / 'provenance.json')  # last: the run is recorded
 
 # %% ../nbs/07_experiments.ipynb #410ce8ee
 RESOLVED_BY_TRAINER = ('amp', 'threads')  # None in a plan means "the trainer's choice": any recorded value matches
