@@ -2,7 +2,8 @@
 
 A study accumulates run by run across sessions and machines. Only finished runs are committed (a `metrics.json` with
 test metrics), and of each only its small files; checkpoints, logs and the executed notebook stay out (see .gitignore).
-Unfinished runs are listed and left alone: the study's command resumes them from their checkpoints.
+Unfinished runs are listed and left alone: the study's command resumes them from their checkpoints. A run stopped after
+its test metrics but before its record (`provenance.json`) is left out too: the study's command completes its record.
 """
 import subprocess, sys
 from pathlib import Path
@@ -15,10 +16,14 @@ def main(study: str) -> int:
     if not runs.is_dir(): sys.exit(f"stage_study: {runs} is not a folder; expected a study folder made by pat-reproduce --out")
     folders = run_folders(runs, 'config.json')  # finished or not; not the runs set aside by --overwrite
     finished = [f for f in folders if run_finished(f)]
+    unrecorded = [f for f in finished if not (f / 'provenance.json').exists()]  # stopped before its record: the study's command completes it
+    finished = [f for f in finished if f not in unrecorded]
     files = [str(f / n) for f in finished for n in COMMITTED_RUN_FILES if (f / n).exists()]
     if files: subprocess.run(['git', 'add', '--', *files], check=True)
-    print(f"staged {len(finished)} finished run(s) of {study}; not finished: "
-          f"{', '.join(str(f.relative_to(runs)) for f in folders if f not in finished) or 'none'}")
+    name = lambda fs: ', '.join(str(f.relative_to(runs)) for f in fs) or 'none'
+    print(f"staged {len(finished)} finished run(s) of {study}; not finished: {name([f for f in folders if not run_finished(f)])}"
+          + (f"; finished but not recorded (no provenance.json: run the study's command again, it completes them): {name(unrecorded)}"
+             if unrecorded else ''))
     return 0
 
 
