@@ -79,7 +79,7 @@ def plot_regimes(table:pd.DataFrame, metric:str='miou', ax=None) -> plt.Axes:
     return ax
 
 def write_regime_comparison(regimes:dict, out, source:str, data_key:str='camvid') -> pd.DataFrame:
-    "`compare_regimes` of `regimes` as `regimes.csv`, `regimes.md` (headed by `source`: what each regime ran) and `fig_regimes.png` in `out`."
+    "`compare_regimes` of `regimes` as `regimes.csv`, `regimes.md` (headed by `source`, what each regime ran), `fig_regimes.png` in `out`."
     out = Path(out); table = compare_regimes(regimes, data_key=data_key)
     flat = table.set_axis([f"{label} {k}" for label, k in table.columns], axis=1).rename_axis('method')
     flat.to_csv(out / 'regimes.csv')

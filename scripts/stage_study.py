@@ -16,7 +16,7 @@ def main(study: str) -> int:
     if not runs.is_dir(): sys.exit(f"stage_study: {runs} is not a folder; expected a study folder made by pat-reproduce --out")
     folders = run_folders(runs, 'config.json')  # finished or not; not the runs set aside by --overwrite
     finished = [f for f in folders if run_finished(f)]
-    unrecorded = [f for f in finished if not (f / 'provenance.json').exists()]  # stopped before its record: the study's command completes it
+    unrecorded = [f for f in finished if not (f / 'provenance.json').exists()]  # stopped before its record
     finished = [f for f in finished if f not in unrecorded]
     files = [str(f / n) for f in finished for n in COMMITTED_RUN_FILES if (f / n).exists()]
     if files: subprocess.run(['git', 'add', '--', *files], check=True)
