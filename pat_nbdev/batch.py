@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from .checkpoint import write_json
 from .eta import TimeLeft
-from .experiments import KERNEL_ARGS, drop_truncated_notebook, execute_run, record_run, run_finished
+from .experiments import KERNEL_ARGS, drop_truncated_notebook, execute_run, run_finished
 
 # %% auto #0
 __all__ = ['WARM_IMPORTS', 'KERNEL_STARTS', 'job_slots', 'run_env', 'SlotKernel', 'RunFailed', 'slot_worker', 'RunProcess',
@@ -164,8 +164,6 @@ def run_batch(configs:list[dict], out_root, engine:str='papermill', slots:list[d
     finished = {c['out']: run_finished(c['out']) for c in configs}
     kept, todo = [name(c) for c in configs if finished[c['out']]], [c for c in configs if not finished[c['out']]]
     cut = [name(c) for c in configs if finished[c['out']] and drop_truncated_notebook(c['out'])]
-    for c in configs:  # stopped after its test metrics, before its record: complete it
-        if finished[c['out']] and not (Path(c['out']) / 'provenance.json').exists(): record_run(c['out'], engine, late=True)
     if cut: print(f"removed the truncated train_run.ipynb of {len(cut)} finished run(s) (a full disk or a kill cut it short): "
                   f"{', '.join(cut)}")
     print(f"{len(configs)} runs: {len(kept)} finished and kept, {len(todo)} to run" + (f", {len(slots)} at a time" if slots else ''),

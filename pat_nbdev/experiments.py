@@ -16,9 +16,9 @@ from .checkpoint import DiskFullError, _disk_full, config_diff, read_config, wri
 __all__ = ['TABLE_MODELS', 'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS', 'PRESETS', 'PACKAGE', 'REPO', 'PAPER_DIR',
            'KERNEL_ARGS', 'COMMITTED_RUN_FILES', 'RESOLVED_BY_TRAINER', 'METRIC_COLUMNS', 'BREAKDOWN', 'Run', 'Preset',
            'table_runs', 'study_runs', 'plan_runs', 'run_config', 'notebook_path', 'execute_notebook', 'run_finished',
-           'run_folders', 'drop_truncated_notebook', 'portable_paths', 'execute_run', 'record_run', 'code_version',
-           'config_mismatch', 'plan_status', 'set_aside_runs', 'collect_runs', 'results_table', 'provenance',
-           'time_breakdown']
+           'run_folders', 'drop_truncated_notebook', 'portable_paths', 'execute_run', 'record_run', 'complete_records',
+           'code_version', 'config_mismatch', 'plan_status', 'set_aside_runs', 'collect_runs', 'results_table',
+           'provenance', 'time_breakdown']
 
 # %% ../nbs/07_experiments.ipynb #7806fdf0
 TABLE_MODELS = {1: ('segnet',), 2: ('unet', 'attunet', 'unetpp'), 3: ('segnet', 'unet')}
@@ -210,9 +210,7 @@ def execute_run(cfg:dict, engine:str='papermill', kernel=None) -> Path:
     "Train one run from its config dict (skipped when it has finished), with papermill in `kernel` if given; returns the run folder."
     cfg = json.loads(json.dumps(cfg))  # plain JSON values: papermill passes a tuple (a crop) as its repr string
     out = Path(cfg['out'])
-    if run_finished(out):
-        if not (out / 'provenance.json').exists(): record_run(out, engine, late=True)  # stopped before its record
-        return out
+    if run_finished(out): return out
     if engine == 'inprocess':
         from pat_nbdev.train import TrainConfig, train
         train(TrainConfig(**cfg))
@@ -226,13 +224,19 @@ def execute_run(cfg:dict, engine:str='papermill', kernel=None) -> Path:
     record_run(out, engine)
     return out
 
-def record_run(out, engine:str, late:bool=False):
+def record_run(out, engine:str|None, late:bool=False):
     "What a run records once trained: `provenance.json` (code, host, threads) and its paths made relative to its folder `out`."
     out = Path(out)
     note = dict(note='stopped after its test metrics, before this record: the code named here completed the record') if late else {}
     portable_paths(out)  # a run folder can be committed and moved: it names no path of this machine
     write_json(dict(code_version(), engine=engine, host=platform.node(), threads=read_config(out / 'config.json').get('threads'),
                     finished=time.strftime('%Y-%m-%d %H:%M:%S %Z'), **note), out / 'provenance.json')  # last: the run is recorded
+
+def complete_records(folders) -> list:
+    "The finished runs among `folders` stopped before their record (no \`provenance.json\`), each now recorded; the engine is unknown."
+    late = [f for f in folders if run_finished(f) and not (Path(f) / 'provenance.json').exists()]
+    for f in late: record_run(f, None, late=True)
+    return late
 
 # %% ../nbs/07_experiments.ipynb #410ce8ee
 RESOLVED_BY_TRAINER = ('amp', 'threads')  # None in a plan means "the trainer's choice": any recorded value matches

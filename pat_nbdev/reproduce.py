@@ -100,6 +100,8 @@ def check_plan(configs:list[dict], out:Path, overwrite:bool=False) -> dict:
         dest = set_aside_runs(wrong, runs_root)
         print(f"set aside {len(wrong)} run(s) made with other settings, in {dest}")
         status = plan_status(configs, runs_root)
+    if late := complete_records(status['finished']):  # stopped after their test metrics, before their record
+        print(f"completed the record (provenance.json) of {len(late)} finished run(s) stopped before it: {_listing(map(rel, late))}")
     return status
 
 # %% ../nbs/08_reproduce.ipynb #3f703a90
