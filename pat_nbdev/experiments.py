@@ -14,11 +14,11 @@ from .checkpoint import DiskFullError, _disk_full, config_diff, read_config, wri
 
 # %% auto #0
 __all__ = ['TABLE_MODELS', 'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS', 'PRESETS', 'PACKAGE', 'REPO', 'PAPER_DIR',
-           'KERNEL_ARGS', 'COMMITTED_RUN_FILES', 'RESOLVED_BY_TRAINER', 'METRIC_COLUMNS', 'BREAKDOWN', 'Run', 'Preset',
-           'table_runs', 'study_runs', 'plan_runs', 'run_config', 'notebook_path', 'execute_notebook', 'run_finished',
-           'run_folders', 'drop_truncated_notebook', 'portable_paths', 'execute_run', 'record_run', 'complete_records',
-           'code_version', 'config_mismatch', 'plan_status', 'set_aside_runs', 'collect_runs', 'results_table',
-           'provenance', 'time_breakdown']
+           'KERNEL_ARGS', 'COMMITTED_RUN_FILES', 'RESOLVED_BY_TRAINER', 'METRIC_COLUMNS', 'METRIC_NAMES', 'BREAKDOWN',
+           'Run', 'Preset', 'table_runs', 'study_runs', 'plan_runs', 'run_config', 'notebook_path', 'execute_notebook',
+           'run_finished', 'run_folders', 'drop_truncated_notebook', 'portable_paths', 'execute_run', 'record_run',
+           'complete_records', 'code_version', 'config_mismatch', 'plan_status', 'set_aside_runs', 'collect_runs',
+           'results_table', 'provenance', 'time_breakdown']
 
 # %% ../nbs/07_experiments.ipynb #7806fdf0
 TABLE_MODELS = {1: ('segnet',), 2: ('unet', 'attunet', 'unetpp'), 3: ('segnet', 'unet')}
@@ -285,6 +285,8 @@ def set_aside_runs(folders, runs_root) -> Path:
 
 # %% ../nbs/07_experiments.ipynb #ee38789e
 METRIC_COLUMNS = ('miou', 'pix_acc', 'dice_err', 'miou_head', 'miou_body', 'miou_tail')
+METRIC_NAMES = dict(miou='mIoU', pix_acc='pixel accuracy', dice_err='Dice error', miou_head='head mIoU', miou_body='body mIoU',
+                    miou_tail='tail mIoU')  # how tables, figures and sentences name each metric column
 
 def _run_row(path:Path) -> dict:
     m = json.loads(path.read_text()); run, data = m['run'], m['data']

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 import pandas as pd
 import matplotlib.pyplot as plt
+from .experiments import METRIC_NAMES
 
 # %% ../nbs/07e_regime.ipynb #08ece402
 def learning_curve(run_dir) -> pd.DataFrame:
@@ -74,7 +75,7 @@ def plot_regimes(table:pd.DataFrame, metric:str='miou', ax=None) -> plt.Axes:
     ax.set(xlim=(-0.6, 1.6), ylim=(len(table) + 0.5, 0.5), xticks=[0, 1], yticks=[], ylabel='rank (1 = best)',
            xticklabels=[f"{l}\n({seeds(l)} seed(s) per method)" for l in (first, second)])
     ax.spines[['top', 'right', 'left']].set_visible(False)
-    name = {'miou': 'mIoU', 'miou_tail': 'tail mIoU', 'pix_acc': 'pixel accuracy'}.get(metric, metric)
+    name = METRIC_NAMES.get(metric, metric)
     ax.set_title(f"rank by test {name}, mean over seeds; Spearman correlation of the ranks {table.attrs.get('spearman')}", fontsize=8)
     return ax
 

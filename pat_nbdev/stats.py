@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import stats
-from .experiments import PAPER_DIR, TAUS
+from .experiments import PAPER_DIR, TAUS, METRIC_NAMES
 
 # %% auto #0
 __all__ = ['LOWER_IS_BETTER', 'PAPER_TABLES', 'seed_summary', 'mean_std_cells', 't_interval', 'verdict', 'paired_comparison',
@@ -74,7 +74,7 @@ def paired_comparison(df:pd.DataFrame, reference:str='pat', metrics=('miou', 'mi
 def verdict_sentence(row, metric:str='miou', reference:str='PAT') -> str:
     "One sentence for a row of `paired_comparison`."
     d, lo, hi, v = (row[f'{metric} {k}'] for k in ('diff', 'low', 'high', 'verdict'))
-    name = {'miou': 'mIoU', 'miou_tail': 'tail mIoU'}.get(metric, metric)
+    name = METRIC_NAMES.get(metric, metric)
     n = row.get(f'{metric} n', row['seeds'])
     if np.isnan(d): return f"{row['data_key']}, {row['model']}: {reference} minus {row['baseline']}: {name} undefined (NaN) in every seed."
     if np.isnan(lo): return (f"{row['data_key']}, {row['model']}: {reference} minus {row['baseline']} = {d:+.1f} points of {name} "
