@@ -97,8 +97,12 @@ def answer_sentence(row, reference:str='PAT', resolution:float=1.0) -> str:
     half, what = (hi - lo) / 2, f"a {resolution:g}-point difference"
     if half <= resolution: return f"{s[:-1]}; half-width {half:.1f} points: narrow enough to show {what}."
     need = seeds_for(half, row.get('miou n', row['seeds']), resolution)
-    return (f"{s[:-1]}; half-width {half:.1f} points: too wide to show {what}; at this spread "
-            + (f"about {need} paired seeds would." if need else "more than 1000 paired seeds would be needed."))
+    seeds = f"about {need} paired seeds" if need else "more than 1000 paired seeds"
+    if lo > 0 or hi < 0:  # the sign is settled even though the size is not
+        side, ruled_out = ('above', 'a loss') if lo > 0 else ('below', 'a gain')
+        return (f"{s[:-1]}; half-width {half:.1f} points, wider than {resolution:g}, but the whole interval lies {side} zero: "
+                f"it rules out {ruled_out} at this level; at this spread {seeds} would give its size to within {resolution:g} point.")
+    return f"{s[:-1]}; half-width {half:.1f} points: too wide to show {what}; at this spread {seeds} would."
 
 # %% ../nbs/07a_stats.ipynb #6b1d2e40
 PAPER_TABLES = {1: ('table1_segnet.csv', ['loss']), 2: ('table2_models.csv', ['model', 'loss']), 3: ('table3_tau.csv', ['model', 'tau'])}
