@@ -101,7 +101,8 @@ def answer_sentence(row, reference:str='PAT', resolution:float=1.0) -> str:
     if lo > 0 or hi < 0:  # the sign is settled even though the size is not
         side, ruled_out = ('above', 'a loss') if lo > 0 else ('below', 'a gain')
         return (f"{s[:-1]}; half-width {half:.1f} points, wider than {resolution:g}, but the whole interval lies {side} zero: "
-                f"it rules out {ruled_out} at this level; at this spread {seeds} would give its size to within {resolution:g} point.")
+                f"it rules out {ruled_out} at this level; at this spread {seeds} would give its size to within {resolution:g} "
+                f"point{'s' * (resolution != 1)}.")
     return f"{s[:-1]}; half-width {half:.1f} points: too wide to show {what}; at this spread {seeds} would."
 
 # %% ../nbs/07a_stats.ipynb #6b1d2e40
