@@ -16,9 +16,9 @@ from .checkpoint import DiskFullError, _disk_full, config_diff, read_config, wri
 __all__ = ['TABLE_MODELS', 'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS', 'PRESETS', 'PACKAGE', 'REPO', 'PAPER_DIR',
            'KERNEL_ARGS', 'COMMITTED_RUN_FILES', 'RESOLVED_BY_TRAINER', 'METRIC_COLUMNS', 'METRIC_NAMES', 'BREAKDOWN',
            'Run', 'Preset', 'table_runs', 'study_runs', 'plan_runs', 'run_config', 'notebook_path', 'execute_notebook',
-           'run_finished', 'run_folders', 'drop_truncated_notebook', 'portable_paths', 'execute_run', 'record_run',
-           'complete_records', 'code_version', 'config_mismatch', 'plan_status', 'set_aside_runs', 'collect_runs',
-           'results_table', 'provenance', 'time_breakdown']
+           'run_finished', 'run_recorded', 'run_folders', 'drop_truncated_notebook', 'portable_paths', 'execute_run',
+           'record_run', 'complete_records', 'code_version', 'config_mismatch', 'plan_status', 'set_aside_runs',
+           'collect_runs', 'results_table', 'provenance', 'time_breakdown']
 
 # %% ../nbs/07_experiments.ipynb #7806fdf0
 TABLE_MODELS = {1: ('segnet',), 2: ('unet', 'attunet', 'unetpp'), 3: ('segnet', 'unet')}
@@ -184,6 +184,10 @@ def run_finished(out) -> bool:
     try: return 'test' in json.loads((Path(out) / 'metrics.json').read_text())
     except (OSError, ValueError): return False
 
+def run_recorded(out) -> bool:
+    "Whether run folder `out` holds its record, `provenance.json`, the last file a finished run writes (`record_run`)."
+    return (Path(out) / 'provenance.json').exists()
+
 def run_folders(runs_root, marker:str='metrics.json') -> list[Path]:
     "The folders under `runs_root` (any depth) holding file `marker`, sorted; hidden ones left out (runs set aside by `--overwrite`)."
     root = Path(runs_root)
@@ -233,8 +237,8 @@ def record_run(out, engine:str|None, late:bool=False):
                     finished=time.strftime('%Y-%m-%d %H:%M:%S %Z'), **note), out / 'provenance.json')  # last: the run is recorded
 
 def complete_records(folders) -> list:
-    "The finished runs among `folders` stopped before their record (no \`provenance.json\`), each now recorded; the engine is unknown."
-    late = [f for f in folders if run_finished(f) and not (Path(f) / 'provenance.json').exists()]
+    "The finished runs among `folders` stopped before their record (no `provenance.json`), each now recorded; the engine is unknown."
+    late = [f for f in folders if run_finished(f) and not run_recorded(f)]
     for f in late: record_run(f, None, late=True)
     return late
 

@@ -7,7 +7,7 @@ its test metrics but before its record (`provenance.json`) is left out too: the 
 """
 import subprocess, sys
 from pathlib import Path
-from pat_nbdev.experiments import COMMITTED_RUN_FILES, run_finished, run_folders
+from pat_nbdev.experiments import COMMITTED_RUN_FILES, run_finished, run_folders, run_recorded
 
 
 
@@ -15,13 +15,13 @@ def main(study: str) -> int:
     runs = Path(study) / 'runs'
     if not runs.is_dir(): sys.exit(f"stage_study: {runs} is not a folder; expected a study folder made by pat-reproduce --out")
     folders = run_folders(runs, 'config.json')  # finished or not; not the runs set aside by --overwrite
-    finished = [f for f in folders if run_finished(f)]
-    unrecorded = [f for f in finished if not (f / 'provenance.json').exists()]  # stopped before its record
-    finished = [f for f in finished if f not in unrecorded]
+    unfinished = [f for f in folders if not run_finished(f)]
+    unrecorded = [f for f in folders if f not in unfinished and not run_recorded(f)]  # stopped before its record
+    finished = [f for f in folders if f not in unfinished and f not in unrecorded]
     files = [str(f / n) for f in finished for n in COMMITTED_RUN_FILES if (f / n).exists()]
     if files: subprocess.run(['git', 'add', '--', *files], check=True)
     name = lambda fs: ', '.join(str(f.relative_to(runs)) for f in fs) or 'none'
-    print(f"staged {len(finished)} finished run(s) of {study}; not finished: {name([f for f in folders if not run_finished(f)])}"
+    print(f"staged {len(finished)} finished run(s) of {study}; not finished: {name(unfinished)}"
           + (f"; finished but not recorded (no provenance.json: run the study's command again, it completes them): {name(unrecorded)}"
              if unrecorded else ''))
     return 0
