@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import profile, ProfilerActivity
 from torch.utils.data import DataLoader
-from .losses import get_loss, LOSS_NAMES, VARIANTS
+from .losses import get_loss, LOSS_NAMES, PAPER_LOSSES, VARIANTS
 from .reference import AUTHORS_LOSSES, onehot  # the authors' code, transcribed (02a_reference)
 from .data import get_dataset
 from .models import get_model, MODEL_NAMES
@@ -62,7 +62,7 @@ def loss_candidates(n_classes:int, # C, to build the one-hot target of the autho
     "Every loss to benchmark, keyed by (loss name, implementation)."
     cands = {("ce", "F.cross_entropy"): lambda x, t: F.cross_entropy(x, t, ignore_index=255)}
     oh = onehot(target, n_classes) if include_authors else None
-    for name in LOSS_NAMES:
+    for name in PAPER_LOSSES:
         for variant in VARIANTS: cands[(name, f"ours ({variant})")] = get_loss(name, variant=variant).to(target.device)
         if include_authors: cands[(name, "authors' code")] = (lambda f: lambda x, t: f(x, oh))(AUTHORS_LOSSES[name])
     return cands

@@ -101,7 +101,7 @@ def derive_seed(*keys:int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
 
 # %% ../nbs/05a_checkpoint.ipynb #ec5c35ae
-RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.json", "history.csv", "examples.npz")
+RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.json", "history.csv", "examples.npz", "per_image.npz")
 
 class PatTrainError(RuntimeError):
     "A training run stopped for a reason the user can act on (message says which)."

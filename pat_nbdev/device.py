@@ -16,7 +16,7 @@ from .checkpoint import derive_seed
 # %% auto #0
 __all__ = ['resolve_device', 'Dist', 'setup_distributed', 'autocast_dtype', 'needs_grad_scaler', 'prepare_model',
            'loader_settings', 'epoch_loader', 'epoch_size', 'shard_loader', 'now', 'seconds_per_call',
-           'reset_peak_memory', 'peak_memory_mib', 'device_name']
+           'reset_peak_memory', 'peak_memory_mib', 'cpu_model', 'device_name']
 
 # %% ../nbs/04a_device.ipynb #3d5702de
 def resolve_device(device:str="auto", local_rank:int=0) -> torch.device:
@@ -64,12 +64,11 @@ def needs_grad_scaler(dtype:torch.dtype) -> bool:
     "float16 gradients can underflow and need loss scaling; bfloat16's (float32's exponent range) do not."
     return dtype == torch.float16
 
-def prepare_model(net:torch.nn.Module, device:torch.device, channels_last:bool=True, compile:bool=False) -> torch.nn.Module:
-    "Move `net` to `device`; on a GPU use channels-last memory and let cuDNN pick its kernels; `torch.compile` it when asked."
+def prepare_model(net:torch.nn.Module, device:torch.device, channels_last:bool|None=None, compile:bool=False) -> torch.nn.Module:
+    "Move `net` to `device`, in channels-last memory if asked (None: on a GPU); on a GPU cuDNN picks its kernels; compiled if asked."
     net = net.to(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        if channels_last: net = net.to(memory_format=torch.channels_last)
+    if device.type == "cuda": torch.backends.cudnn.benchmark = True
+    if device.type == "cuda" if channels_last is None else channels_last: net = net.to(memory_format=torch.channels_last)
     return torch.compile(net) if compile else net
 
 # %% ../nbs/04a_device.ipynb #3b62cbd7
@@ -132,7 +131,13 @@ def peak_memory_mib(device:torch.device) -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
+def cpu_model() -> str:
+    "The CPU's model name (from `/proc/cpuinfo` on Linux), else what `platform` knows of it."
+    try: names = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
+    except OSError: names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
 def device_name(device:torch.device) -> str:
-    "The GPU's name, or the CPU's with the number of torch threads (results on a CPU depend on it)."
+    "The GPU's name; or the CPU's model, the vector instructions torch uses on it and its thread count (CPU results depend on all three)."
     if device.type == "cuda": return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"

@@ -8,12 +8,13 @@ import json, os, platform, re, subprocess, time
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 import pandas as pd
-from .losses import LOSS_NAMES
+from .losses import LOSS_NAMES, PAPER_LOSSES
 from .train import TINY_RUN
 from .checkpoint import DiskFullError, _disk_full, config_diff, read_config, write_json
 
 # %% auto #0
-__all__ = ['TABLE_MODELS', 'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS', 'PRESETS', 'PACKAGE', 'REPO', 'PAPER_DIR',
+__all__ = ['TABLE_MODELS', 'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS', 'CAMVID_CONVERGED', 'SWEEP_TAUS',
+           'PAT_NORMALIZERS', 'TAU_SWEEP', 'CONVERGED_BASELINES', 'PRESETS', 'PACKAGE', 'REPO', 'PAPER_DIR',
            'KERNEL_ARGS', 'COMMITTED_RUN_FILES', 'RESOLVED_BY_TRAINER', 'METRIC_COLUMNS', 'METRIC_NAMES', 'BREAKDOWN',
            'Run', 'Preset', 'table_runs', 'study_runs', 'plan_runs', 'run_config', 'notebook_path', 'execute_notebook',
            'run_finished', 'run_recorded', 'run_folders', 'drop_truncated_notebook', 'portable_paths', 'execute_run',
@@ -22,7 +23,7 @@ __all__ = ['TABLE_MODELS', 'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS
 
 # %% ../nbs/07_experiments.ipynb #7806fdf0
 TABLE_MODELS = {1: ('segnet',), 2: ('unet', 'attunet', 'unetpp'), 3: ('segnet', 'unet')}
-TABLE_LOSSES = {1: tuple(LOSS_NAMES), 2: tuple(l for l in LOSS_NAMES if l != 'bms'), 3: ('pat',)}
+TABLE_LOSSES = {1: PAPER_LOSSES, 2: tuple(l for l in PAPER_LOSSES if l != 'bms'), 3: ('pat',)}
 TAUS = (0.25, 0.5, 1.0, 2.0)  # Table 3; the paper's values are illegible, its 3rd is the default (1.0)
 DEFAULT_TAU = 1.0
 
@@ -37,6 +38,7 @@ class Run:
     seed: int = 0  # the run's seed; seed 0 keeps the folder name of a one-seed batch
     method: str|None = None  # the name in tables and folders; None: the loss, with its tau when not the default
     kw: tuple = ()  # further loss keywords, as (key, value) pairs (hashable)
+    model_kw: tuple = ()  # the method's own model keywords over the preset's, as (key, value) pairs (LDAM's cosine head)
 
     @property
     def loss_tag(self) -> str:
@@ -63,9 +65,25 @@ class Preset:
     method_seeds: dict = field(default_factory=dict)  # methods run with fewer seeds than `seeds` (name -> seeds), to fit the budget
 
 # the losses other than PAT: the fair comparison, each as its paper defines it
-STUDY_METHODS = {**{l: dict(loss=l, variant='original') for l in LOSS_NAMES if l != 'pat'},
+STUDY_METHODS = {**{l: dict(loss=l, variant='original') for l in PAPER_LOSSES if l != 'pat'},
                  'pat': dict(loss='pat', normalize='mean'),  # PAT as the authors' code normalises
                  'pat-mask': dict(loss='pat', normalize='mask')}  # PAT as the paper's text normalises
+
+# the converged CamVid regime (reports/camvid-converged/search): the 50-epoch study's recipe, trained twice as long, with
+# channels-last memory (1.2x a step on a CPU); counts from the training split for every loss that uses them
+CAMVID_CONVERGED = dict(
+    datasets={'camvid': dict(dataset='camvid', data_kw=dict(size=(180, 240)), train_kw=dict(crop=(120, 160)))},
+    epochs=100, batch_size=4, models=('unet',), model_kw=dict(preset='small'),
+    train_kw=dict(threads=1, channels_last=True, class_counts='dataset'))
+SWEEP_TAUS = (1.0, 0.5, 2.0, 0.25, 4.0)  # PAT's temperatures, in the order they run: the default first, then outwards
+PAT_NORMALIZERS = {'pat': 'mean', 'pat-mask': 'mask'}  # the authors' code, the paper's text
+TAU_SWEEP = {f'{name}-tau{t:g}': dict(loss='pat', normalize=norm, tau=t) for t in SWEEP_TAUS for name, norm in PAT_NORMALIZERS.items()}
+# the converged study's baselines, each as its paper defines it (with the preset's training-split counts): CB-Focal in Cui
+# et al.'s sigmoid form, LDAM on the cosine classifier its paper assumes; and SegNet's median-frequency weighted CE
+CONVERGED_BASELINES = {'ce': dict(loss='ce'), 'wce': dict(loss='wce'),
+                       **{l: dict(loss=l, variant='original') for l in ('focal', 'cb', 'bms', 'blv')},
+                       'cbfocal': dict(loss='cbfocal', variant='original', focal_form='sigmoid'),
+                       'ldam': dict(loss='ldam', variant='original', model_kw=dict(head='cosine'))}
 
 _tiny_data = TINY_RUN['data_kw']
 PRESETS = {
@@ -110,6 +128,11 @@ PRESETS = {
                     'batch 4, Adam 1e-3 cosine, for 50 epochs (about 30 core-minutes a run), evaluated on whole images; '
                     'every loss in its original variant, PAT normalised by the mean (authors) and by the mask (paper); '
                     '5 seeds for CE and both PATs, 3 for the others'),
+    'camvid-tau': Preset(**CAMVID_CONVERGED, methods=TAU_SWEEP, seeds=1,
+        description='PAT\'s temperature on REAL CamVid in the converged CPU regime, NOT the paper\'s protocol: U-Net-small '
+                    'from scratch, one thread per run, 180x240, random 120x160 crops with flips, batch 4, Adam 1e-3 cosine, '
+                    '100 epochs, channels-last; PAT normalised by the mean (authors) and by the mask (paper), each with '
+                    'tau in {0.25, 0.5, 1, 2, 4}, seed 0: tau is chosen on validation mIoU, never on test'),
     'paper': Preset(
         datasets={'oxford_pet': dict(dataset='oxford_pet', data_kw={}),
                   'cityscapes': dict(dataset='cityscapes', data_kw={}),
@@ -131,7 +154,8 @@ def table_runs(table:int, data_keys, extra:dict|None=None) -> list[Run]:
 def study_runs(preset:Preset, data_keys, extra:dict|None=None) -> list[Run]:
     "One run per dataset, model and method of a study preset (seed 0), `extra` losses (name -> loss) among the methods."
     methods = {**preset.methods, **{name: dict(loss=loss) for name, loss in (extra or {}).items()}}
-    return [Run(d, m, spec['loss'], method=name, kw=tuple(sorted((k, v) for k, v in spec.items() if k != 'loss')))
+    return [Run(d, m, spec['loss'], method=name, kw=tuple(sorted((k, v) for k, v in spec.items() if k not in ('loss', 'model_kw'))),
+                model_kw=tuple(sorted(spec.get('model_kw', {}).items())))
             for d in data_keys for m in preset.models for name, spec in methods.items()]
 
 def plan_runs(tables, data_keys, seeds:int=1, preset:Preset|None=None, extra:dict|None=None) -> list[Run]:
@@ -149,8 +173,8 @@ def run_config(run:Run, preset:Preset, out_root, roots:dict|None=None, need_root
     if need_root and spec['dataset'] != 'synthetic' and spec['dataset'] not in roots:
         raise ValueError(f"dataset {spec['dataset']!r} needs its folder: pass --root {spec['dataset']}=PATH")
     cfg = dict(dataset=spec['dataset'], root=roots.get(spec['dataset']), model=run.model, loss=run.loss, loss_kw=run.loss_kw,
-               model_kw=dict(preset.model_kw), data_kw=dict(spec['data_kw']), epochs=preset.epochs, batch_size=preset.batch_size,
-               seed=run.seed, out=str(Path(out_root) / run.run_id), progress=False)
+               model_kw={**preset.model_kw, **dict(run.model_kw)}, data_kw=dict(spec['data_kw']), epochs=preset.epochs,
+               batch_size=preset.batch_size, seed=run.seed, out=str(Path(out_root) / run.run_id), progress=False)
     cfg.update(preset.train_kw); cfg.update(spec.get('train_kw', {}))
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     return cfg
@@ -193,7 +217,8 @@ def run_folders(runs_root, marker:str='metrics.json') -> list[Path]:
     root = Path(runs_root)
     return [p.parent for p in sorted(root.rglob(marker)) if not any(part.startswith('.') for part in p.relative_to(root).parts)]
 
-COMMITTED_RUN_FILES = ('config.json', 'metrics.json', 'history.csv', 'examples.npz', 'provenance.json')  # what a study keeps in git
+COMMITTED_RUN_FILES = ('config.json', 'metrics.json', 'history.csv', 'examples.npz', 'per_image.npz',  # what a study keeps in git
+                       'provenance.json')
 
 def drop_truncated_notebook(out) -> bool:
     "Delete run folder `out`'s executed `train_run.ipynb` if it does not parse (a full disk or a kill cut it short); whether it did."
@@ -229,11 +254,13 @@ def execute_run(cfg:dict, engine:str='papermill', kernel=None) -> Path:
     return out
 
 def record_run(out, engine:str|None, late:bool=False):
-    "What a run records once trained: `provenance.json` (code, host, threads) and its paths made relative to its folder `out`."
+    "What a run records once trained: `provenance.json` (code, host, device, threads) and its paths made relative to its folder `out`."
     out = Path(out)
     note = dict(note='stopped after its test metrics, before this record: the code named here completed the record') if late else {}
     portable_paths(out)  # a run folder can be committed and moved: it names no path of this machine
-    write_json(dict(code_version(), engine=engine, host=platform.node(), threads=read_config(out / 'config.json').get('threads'),
+    device = json.loads((out / 'metrics.json').read_text()).get('run', {}).get('device_name')  # the CPU (or GPU) that trained it
+    write_json(dict(code_version(), engine=engine, host=platform.node(), device=device,
+                    threads=read_config(out / 'config.json').get('threads'),
                     finished=time.strftime('%Y-%m-%d %H:%M:%S %Z'), **note), out / 'provenance.json')  # last: the run is recorded
 
 def complete_records(folders) -> list:

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['MODEL_NAMES', 'MODEL_PRESETS', 'ConvBNReLU', 'conv_stack', 'pool_with_indices', 'unpool', 'SegNet', 'AttentionGate',
-           'AttentionUNet', 'PadToMultiple', 'get_model']
+           'AttentionUNet', 'PadToMultiple', 'get_model', 'CosineClassifier', 'with_cosine_head']
 
 # %% ../nbs/01_models.ipynb #03e4a2e8
 import inspect
@@ -163,14 +163,31 @@ def get_model(name:str,             # one of MODEL_NAMES
               n_classes:int,        # number of output classes
               in_channels:int=3,    # input channels
               preset:str="default", # "default" (24-30 M parameters) or "small" (1.8-3.3 M, for CPU runs)
+              head:str="conv",      # the last layer: the model's own convolution, or "cosine" (`CosineClassifier`, for LDAM)
               **kw) -> nn.Module:   # overrides of the preset (width=..., encoder_name=..., encoder_weights=...)
     "Segmentation model `name` returning logits [B, n_classes, H, W] at the input size, for any H, W."
     if name not in MODEL_NAMES: raise ValueError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}")
     if preset not in MODEL_PRESETS: raise ValueError(f"unknown preset {preset!r}; choose one of {list(MODEL_PRESETS)}")
+    if head not in ("conv", "cosine"): raise ValueError(f"unknown head {head!r}; choose 'conv' or 'cosine'")
     if n_classes < 1 or in_channels < 1:
         raise ValueError(f"need n_classes >= 1 and in_channels >= 1, got {n_classes} and {in_channels}")
     builder, kw = _builder(name), {**MODEL_PRESETS[preset][name], **kw}
     _check_kwargs(name, builder, kw)
     if name in ("unet", "unetpp"): net = _build_smp(builder, n_classes, in_channels, **kw)
     else: net = builder(n_classes, in_channels, **kw)
-    return PadToMultiple(net, 32)
+    return PadToMultiple(with_cosine_head(net, n_classes) if head == "cosine" else net, 32)
+
+# %% ../nbs/01_models.ipynb #c78f1756
+class CosineClassifier(nn.Module):
+    "1x1 classifier on L2-normalised features and class weights: each logit is a cosine in [-1, 1] (LDAM's `NormedLinear`, per pixel)."
+    def __init__(self, in_channels:int, n_classes:int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_classes, in_channels).uniform_(-1, 1).renorm_(2, 0, 1e-5).mul_(1e5))  # as LDAM's code
+    def forward(self, x): return torch.einsum("bchw,kc->bkhw", F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+
+def with_cosine_head(net:nn.Module, n_classes:int) -> nn.Module:
+    "`net` with its last convolution to `n_classes` channels replaced by a `CosineClassifier` on the same input channels."
+    name, conv = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d) and m.out_channels == n_classes][-1]
+    parent = net.get_submodule(name.rpartition(".")[0]) if "." in name else net
+    setattr(parent, name.rpartition(".")[2], CosineClassifier(conv.in_channels, n_classes))
+    return net

@@ -7,7 +7,7 @@ __all__ = ['IBLA_COMMIT', 'AUTHORS_LOSSES', 'IGNORE_INDEX', 'REFS', 'onehot', 'a
            'authors_cbfocal', 'authors_bms', 'authors_ldam_margins', 'authors_ldam', 'authors_blv', 'authors_pat',
            'cui_cb_weights', 'cui_focal_terms', 'cui_focal_loss', 'blv_official', 'ref_pixels', 'ref_log_softmax',
            'ref_counts', 'ref_ce', 'ref_focal_term', 'ref_focal', 'ref_cb_weights', 'ref_cb', 'ref_cbfocal',
-           'ref_cb_sigmoid', 'ref_bms', 'ref_ldam', 'ref_blv', 'ref_pat']
+           'ref_cb_sigmoid', 'ref_bms', 'ref_ldam', 'ref_blv', 'ref_pat', 'ref_wce']
 
 # %% ../nbs/02a_reference.ipynb #476fe788
 import math
@@ -251,4 +251,23 @@ def ref_pat(x, y, variant, counts=None, tau=1.0, alpha=2.0, normalize=None, deta
     return sum(sum(g) / len(g) for g in groups.values()) / len(groups)
 
 # %% ../nbs/02a_reference.ipynb #a521802c
-REFS = dict(ce=ref_ce, focal=ref_focal, cb=ref_cb, cbfocal=ref_cbfocal, bms=ref_bms, ldam=ref_ldam, blv=ref_blv, pat=ref_pat)
+def ref_wce(x, y, variant, counts=None, image_pixels=None):
+    """SegNet's median-frequency weighted cross-entropy: f_c = n_c / P_c, P_c the labelled pixels of the images holding c
+    (from the batch, image by image; with fixed `counts`, `image_pixels` or else all pixels), w_c = median f / f_c over the
+    classes present; the loss sum_j w_y (-log p_j) / sum_j w_y."""
+    C, px = x.shape[1], ref_pixels(y)
+    n = ref_counts(y, C, counts)
+    if counts is not None: P = [float(p) for p in image_pixels] if image_pixels is not None else [sum(n)] * C
+    else:
+        P = [0.0] * C
+        for b in range(y.shape[0]):
+            labels = [c for bb, *_, c in px if bb == b]
+            for c in set(labels): P[c] += len(labels)
+    f = {c: n[c] / P[c] for c in range(C) if n[c] > 0}
+    mid = sorted(f.values())
+    median = (mid[(len(mid) - 1) // 2] + mid[len(mid) // 2]) / 2
+    w = [median / f[c] if c in f else 0.0 for c in range(C)]
+    return sum(w[c] * -ref_log_softmax(_at(x, b, h, w_), c) for b, h, w_, c in px) / sum(w[c] for *_, c in px)
+
+REFS = dict(ce=ref_ce, focal=ref_focal, cb=ref_cb, cbfocal=ref_cbfocal, bms=ref_bms, ldam=ref_ldam, blv=ref_blv, pat=ref_pat,
+            wce=ref_wce)

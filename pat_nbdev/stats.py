@@ -12,7 +12,8 @@ from .experiments import PAPER_DIR, TAUS, METRIC_NAMES
 
 # %% auto #0
 __all__ = ['LOWER_IS_BETTER', 'PAPER_TABLES', 'seed_summary', 'mean_std_cells', 't_interval', 'verdict', 'paired_comparison',
-           'verdict_sentence', 'seeds_for', 'answer_sentence', 'paper_table', 'beside_paper']
+           'verdict_sentence', 'seeds_for', 'answer_sentence', 'seeds_for_range', 'paired_p', 'holm', 'frame_blocks',
+           'bootstrap_difference', 'paper_table', 'beside_paper']
 
 # %% ../nbs/07a_stats.ipynb #0164fa64
 def seed_summary(df:pd.DataFrame, by=('data_key', 'model', 'method'), metrics=('miou', 'miou_tail')) -> pd.DataFrame:
@@ -104,6 +105,65 @@ def answer_sentence(row, reference:str='PAT', resolution:float=1.0) -> str:
                 f"it rules out {ruled_out} at this level; at this spread {seeds} would give its size to within {resolution:g} "
                 f"point{'s' * (resolution != 1)}.")
     return f"{s[:-1]}; half-width {half:.1f} points: too wide to show {what}; at this spread {seeds} would."
+
+# %% ../nbs/07a_stats.ipynb #177c6511
+def seeds_for_range(half_width:float, n:int, resolution:float=1.0, level:float=0.95) -> tuple:
+    "`seeds_for` at the low end, the estimate and the high end of the `level` interval of the differences' spread."
+    k = lambda q: np.sqrt((n - 1) / stats.chi2.ppf(q, n - 1))  # the spread's bound as a multiple of the estimate
+    return tuple(seeds_for(half_width * f, n, resolution) for f in (k((1 + level) / 2), 1.0, k((1 - level) / 2)))
+
+# %% ../nbs/07a_stats.ipynb #d8f19fa7
+def paired_p(d) -> float:
+    "Two-sided p-value of the paired t-test that the mean of the differences `d` is 0 (NaN with fewer than two)."
+    d = np.asarray(d, dtype=float); d = d[~np.isnan(d)]
+    if len(d) < 2: return np.nan
+    if d.std() == 0: return 0.0 if d.mean() != 0 else 1.0
+    return float(stats.ttest_1samp(d, 0.0).pvalue)
+
+def holm(p) -> np.ndarray:
+    "Holm's step-down adjusted p-values, in the order given; NaN entries stay NaN and do not count in the family."
+    p = np.asarray(p, dtype=float); out = np.full_like(p, np.nan); ok = ~np.isnan(p)
+    q = p[ok]; m = len(q); order = np.argsort(q, kind='stable')
+    adjusted = np.empty(m); adjusted[order] = np.minimum(1, np.maximum.accumulate((m - np.arange(m)) * q[order]))
+    out[ok] = adjusted
+    return out
+
+# %% ../nbs/07a_stats.ipynb #5d348066
+def frame_blocks(names, size:int=10) -> np.ndarray:
+    "Cluster id of each test image: blocks of `size` consecutive frames of one sequence (CamVid names: SEQ_FRAME.png)."
+    seq = np.array([Path(str(n)).name.rsplit('_', 1)[0] for n in names])
+    order = np.lexsort((np.array([str(n) for n in names]), seq))  # by sequence, then frame name
+    rank = np.empty(len(names), dtype=int)
+    for s in np.unique(seq): idx = order[seq[order] == s]; rank[idx] = np.arange(len(idx)) // size
+    keys = [f"{s}:{r}" for s, r in zip(seq, rank)]
+    return np.unique(keys, return_inverse=True)[1]
+
+def _score(run:dict, images:np.ndarray, metric:str, groups:dict|None) -> float:
+    "One metric of a run's `per_image` arrays, summed over `images` (indices, repeats allowed)."
+    i, u = run['intersection'][images].sum(0).astype(float), run['union'][images].sum(0).astype(float)
+    if metric == 'pix_acc': return 100 * i.sum() / run['labelled'][images].sum()
+    classes = list(range(len(i))) if metric == 'miou' else list(groups[metric.removeprefix('miou_')])
+    iou = np.divide(i[classes], u[classes], out=np.full(len(classes), np.nan), where=u[classes] > 0)
+    return 100 * np.nanmean(iou) if np.isfinite(iou).any() else np.nan
+
+def bootstrap_difference(reference:list, # per seed, the reference run's `per_image` arrays (dicts of intersection, union, labelled)
+                         baseline:list, # the baseline's, the same seeds in the same order
+                         metric:str='miou', groups:dict|None=None, clusters=None, n_boot:int=2000, level:float=0.95,
+                         seed:int=0) -> tuple[float, float, float]:
+    "Mean over seeds of reference minus baseline on all images, and its bootstrap interval over seeds and image `clusters`."
+    n_images = len(reference[0]['labelled'])
+    clusters = np.arange(n_images) if clusters is None else np.asarray(clusters)
+    members = [np.flatnonzero(clusters == c) for c in np.unique(clusters)]
+    diff = lambda s, img: _score(reference[s], img, metric, groups) - _score(baseline[s], img, metric, groups)
+    everything = np.arange(n_images)
+    point = float(np.mean([diff(s, everything) for s in range(len(reference))]))
+    rng, draws = np.random.default_rng(seed), []
+    for _ in range(n_boot):
+        seeds = rng.integers(0, len(reference), len(reference))
+        images = np.concatenate([members[c] for c in rng.integers(0, len(members), len(members))])
+        draws.append(np.mean([diff(s, images) for s in seeds]))
+    lo, hi = np.nanpercentile(draws, [50 * (1 - level), 50 * (1 + level)])
+    return point, float(lo), float(hi)
 
 # %% ../nbs/07a_stats.ipynb #6b1d2e40
 PAPER_TABLES = {1: ('table1_segnet.csv', ['loss']), 2: ('table2_models.csv', ['model', 'loss']), 3: ('table3_tau.csv', ['model', 'tau'])}

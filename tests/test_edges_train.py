@@ -38,7 +38,7 @@ def test_second_run_into_a_busy_folder_is_refused(tmp_path, capsys):
     finally: holder.kill(); holder.wait()
     assert (out/C.LOCK_FILE).exists()  # a dead holder leaves its file, but no lock: the run goes ahead
     T.train(T.TrainConfig(**{**TINY, "epochs": 1}, out=str(out)))
-    assert names(out) == ["best.pt", "config.json", "examples.npz", "history.csv", "last.pt", "metrics.json"]
+    assert names(out) == ["best.pt", "config.json", "examples.npz", "history.csv", "last.pt", "metrics.json", "per_image.npz"]
 
 def test_lock_taken_after_the_check_is_still_honoured(tmp_path, monkeypatch):
     "Another run takes the folder after this one's early check (while it builds its data): this one refuses at `open`."
@@ -82,7 +82,8 @@ def test_sigkill_leaves_no_false_lock_and_stale_temps_go(tmp_path):
     done = subprocess.run([PAT_TRAIN, *cli(out, "--epochs", "5")], capture_output=True, text=True, env=ENV, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((out/"metrics.json").read_text())["run"]["resumed_from_epoch"] == epoch
-    assert names(out) == ["best.pt", "config.json", "examples.npz", "history.csv", "last.pt", "metrics.json", "my notes.tmp"]
+    assert names(out) == ["best.pt", "config.json", "examples.npz", "history.csv", "last.pt", "metrics.json", "my notes.tmp",
+                          "per_image.npz"]
 
 # -- 5. what an epoch really trains ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("batch_size,max_steps,steps,images", [(100000, None, 1, 16), (5, None, 3, 15), (4, 2, 2, 8)])

@@ -14,7 +14,7 @@ from pat_nbdev.losses import LOSS_NAMES, VARIANTS, get_loss, inplace_backward, p
 from pat_nbdev.reference import REFS, IGNORE_INDEX as IGNORE, ref_pat, ref_cb_sigmoid
 
 B, C, H, W = 2, 5, 6, 7
-COUNT_LOSSES = ("cb", "cbfocal", "bms", "ldam", "blv")
+COUNT_LOSSES = ("cb", "cbfocal", "bms", "ldam", "blv", "wce")
 
 
 # ---------------------------------------------------------------- inputs
@@ -49,6 +49,18 @@ def test_against_reference(name, variant, counts, batch):
     torch.testing.assert_close(ours, ref.reshape(()), rtol=1e-9, atol=1e-12)
     ours.backward(); ref.backward()
     torch.testing.assert_close(xl.grad, xr.grad, rtol=1e-8, atol=1e-12)
+
+def test_wce_with_image_pixels_against_reference(batch):
+    "The training split's counts with the pixels of the images holding each class (SegNet's frequencies), value and gradient."
+    x, y = batch
+    pixels = [9000.0, 2000.0, 700.0, 50.0, 0.0]
+    xl, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = get_loss("wce", class_counts=FIXED_COUNTS, image_pixels=pixels)(xl, y)
+    ref = REFS["wce"](xr, y, "original", FIXED_COUNTS, pixels)
+    torch.testing.assert_close(ours, ref.reshape(()), rtol=1e-9, atol=1e-12)
+    ours.backward(); ref.backward()
+    torch.testing.assert_close(xl.grad, xr.grad, rtol=1e-8, atol=1e-12)
+    assert not torch.isclose(ours, get_loss("wce", class_counts=FIXED_COUNTS)(x, y))  # the images' sizes change the weights
 
 @pytest.mark.parametrize("normalize", ["mean", "mask"])
 @pytest.mark.parametrize("detach_beta", [False, True])

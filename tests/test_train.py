@@ -51,7 +51,8 @@ def reference(tmp_path_factory):
 
 def test_outputs(reference):
     out, res = reference
-    assert sorted(p.name for p in out.iterdir()) == sorted(["config.json", "last.pt", "best.pt", "metrics.json", "history.csv", "examples.npz"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(["config.json", "last.pt", "best.pt", "metrics.json", "history.csv", "examples.npz",
+                                                        "per_image.npz"])
     m = json.loads((out/"metrics.json").read_text())  # strict JSON: json.loads would accept NaN, so check the text too
     assert "NaN" not in (out/"metrics.json").read_text() and m == json.loads(json.dumps(res))
     assert {"miou", "pix_acc", "dice_err", "iou_per_class", "miou_head", "miou_body", "miou_tail"} <= set(m["test"])
