@@ -52,7 +52,8 @@ notebooks: install  ## re-execute the library notebooks in place, keeping output
 
 lab: install  ## open the notebooks in JupyterLab, on the project's environment (kernel "pat_nbdev", registered inside .venv)
 	$(BIN)/python -m ipykernel install --sys-prefix --name pat_nbdev --display-name "pat_nbdev (.venv)"
-	$(BIN)/jupyter lab nbs
+	@if [ "$$(id -u)" = 0 ]; then echo "make lab: running as root (as in most containers): Jupyter is started with --allow-root"; fi
+	$(BIN)/jupyter lab nbs $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 readme: install  ## regenerate README.md from nbs/index.ipynb
 	$(BIN)/python scripts/make_readme.py

@@ -17,12 +17,13 @@ from .conventions import *
 from .synthetic import SyntheticLongTail
 
 # %% auto #0
-__all__ = ['NYUV2_CLASSES', 'CAMVID_CLASSES', 'CAMVID_PALETTE', 'DATASET_NAMES', 'LOADERS', 'open_image', 'rgb_array',
-           'decode_rgb', 'label_lut', 'check_labels', 'label_array', 'decode_label', 'seeded_order', 'split_indices',
-           'SegDataset', 'OxfordPet', 'cityscapes_table', 'Cityscapes', 'load_npy', 'decode_rgb_array', 'NYUv2',
-           'write_nyuv2_like', 'CamVid', 'get_dataset', 'per_image_class_counts', 'class_pixel_counts',
-           'class_presence', 'class_groups', 'images_per_second', 'SPLITS', 'IGNORE_INDEX', 'IMAGENET_MEAN',
-           'IMAGENET_STD', 'check_choice', 'as_size', 'normalize_hwc', 'denormalize', 'distinct_palette']
+__all__ = ['NYUV2_CLASSES', 'CAMVID_CLASSES', 'CAMVID_PALETTE', 'DATASET_NAMES', 'LOADERS', 'RARE_SHARE', 'open_image',
+           'rgb_array', 'decode_rgb', 'label_lut', 'check_labels', 'label_array', 'decode_label', 'seeded_order',
+           'split_indices', 'SegDataset', 'OxfordPet', 'cityscapes_table', 'Cityscapes', 'load_npy', 'decode_rgb_array',
+           'NYUv2', 'write_nyuv2_like', 'CamVid', 'get_dataset', 'per_image_class_counts', 'class_pixel_counts',
+           'class_presence', 'class_groups', 'rare_classes', 'images_per_second', 'SPLITS', 'IGNORE_INDEX',
+           'IMAGENET_MEAN', 'IMAGENET_STD', 'check_choice', 'as_size', 'normalize_hwc', 'denormalize',
+           'distinct_palette']
 
 # %% ../nbs/00_data.ipynb #ffa9249a
 _all_ = ['SPLITS', 'IGNORE_INDEX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'check_choice', 'as_size', 'normalize_hwc', 'denormalize',
@@ -397,6 +398,15 @@ def class_groups(counts, # pixel count per class, `[C]`
     i, j = int((above < head).sum()), int((above < body).sum())  # head = ranked[:i], body = ranked[i:j]
     if len(ranked) >= 3: i = min(i, len(ranked) - 2); j = min(max(j, i + 1), len(ranked) - 1)
     return dict(head=ranked[:i], body=ranked[i:j], tail=ranked[j:])
+
+# %% ../nbs/00_data.ipynb #7aa9c984
+RARE_SHARE = 2.0  # % of the training split's labelled pixels under which a class is rare
+
+def rare_classes(counts, # pixel count per class, `[C]`
+                 share:float=RARE_SHARE) -> list: # the threshold, % of all labelled pixels
+    "The classes holding less than `share` % of the pixels, most frequent first."
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    return sorted((c for c in range(len(counts)) if 100 * counts[c] < share * counts.sum()), key=lambda c: (-counts[c].item(), c))
 
 # %% ../nbs/00_data.ipynb #9d3fbc28
 def images_per_second(dataset, num_workers:int=2, batch_size:int=8, max_images:int|None=None) -> float:

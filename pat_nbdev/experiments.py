@@ -4,22 +4,23 @@
 
 # %% ../nbs/07_experiments.ipynb #984f6d18
 from __future__ import annotations
-import json, os, platform, re, subprocess, time
+import json, math, os, platform, re, subprocess, time
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 import pandas as pd
 from .losses import LOSS_NAMES, PAPER_LOSSES
 from .train import TINY_RUN
+from .data import rare_classes
 from .checkpoint import DiskFullError, _disk_full, config_diff, read_config, write_json
 
 # %% auto #0
 __all__ = ['TABLE_MODELS', 'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS', 'CAMVID_CONVERGED', 'SWEEP_TAUS',
            'PAT_NORMALIZERS', 'TAU_SWEEP', 'CONVERGED_BASELINES', 'PRESETS', 'PACKAGE', 'REPO', 'PAPER_DIR',
-           'KERNEL_ARGS', 'COMMITTED_RUN_FILES', 'RESOLVED_BY_TRAINER', 'METRIC_COLUMNS', 'METRIC_NAMES', 'BREAKDOWN',
-           'Run', 'Preset', 'table_runs', 'study_runs', 'plan_runs', 'run_config', 'notebook_path', 'execute_notebook',
-           'run_finished', 'run_recorded', 'run_folders', 'drop_truncated_notebook', 'portable_paths', 'execute_run',
-           'record_run', 'complete_records', 'code_version', 'config_mismatch', 'plan_status', 'set_aside_runs',
-           'collect_runs', 'results_table', 'provenance', 'time_breakdown']
+           'KERNEL_ARGS', 'COMMITTED_RUN_FILES', 'RESOLVED_BY_TRAINER', 'METRIC_COLUMNS', 'METRIC_NAMES', 'VAL_COLUMNS',
+           'BREAKDOWN', 'Run', 'Preset', 'table_runs', 'study_runs', 'plan_runs', 'run_config', 'notebook_path',
+           'execute_notebook', 'run_finished', 'run_recorded', 'run_folders', 'drop_truncated_notebook',
+           'portable_paths', 'execute_run', 'record_run', 'complete_records', 'code_version', 'config_mismatch',
+           'plan_status', 'set_aside_runs', 'collect_runs', 'results_table', 'provenance', 'time_breakdown']
 
 # %% ../nbs/07_experiments.ipynb #7806fdf0
 TABLE_MODELS = {1: ('segnet',), 2: ('unet', 'attunet', 'unetpp'), 3: ('segnet', 'unet')}
@@ -317,11 +318,21 @@ def set_aside_runs(folders, runs_root) -> Path:
 # %% ../nbs/07_experiments.ipynb #ee38789e
 METRIC_COLUMNS = ('miou', 'pix_acc', 'dice_err', 'miou_head', 'miou_body', 'miou_tail')
 METRIC_NAMES = dict(miou='mIoU', pix_acc='pixel accuracy', dice_err='Dice error', miou_head='head mIoU', miou_body='body mIoU',
-                    miou_tail='tail mIoU')  # how tables, figures and sentences name each metric column
+                    miou_tail='tail mIoU', miou_rare='rare-class mIoU')  # how tables, figures and sentences name each metric column
+METRIC_NAMES.update({f'val_{k}': f'validation {v}' for k, v in METRIC_NAMES.items()})
+VAL_COLUMNS = ('val_miou', 'val_miou_tail', 'val_miou_rare', 'val_pix_acc')  # the same on validation (the best checkpoint's)
+
+def _mean_iou(iou_per_class, classes) -> float:
+    "Mean IoU (%) over `classes` of a per-class IoU list (None or NaN: the class was absent); NaN if none is left."
+    values = [iou_per_class[c] for c in classes if iou_per_class and iou_per_class[c] is not None and not math.isnan(iou_per_class[c])]
+    return 100 * sum(values) / len(values) if values else math.nan
 
 def _run_row(path:Path) -> dict:
     m = json.loads(path.read_text()); run, data = m['run'], m['data']
     folder = path.parent.name
+    rare = rare_classes(m['class_pixel_counts']) if m.get('class_pixel_counts') else []
+    config = path.parent / 'config.json'
+    val = m.get('best_val') or {}
     return dict(run_dir=str(path.parent), data_key=path.parent.parts[-3] if len(path.parent.parts) >= 3 else data['dataset'],
                 method=re.sub(r'-seed\d+$', '', folder), seed=run.get('seed', 0),
                 dataset=data['dataset'], kind=data['kind'], n_classes=data['n_classes'],
@@ -329,7 +340,9 @@ def _run_row(path:Path) -> dict:
                 model=run['model'], loss=run['loss'], tau=run['loss_kw'].get('tau', DEFAULT_TAU) if run['loss'] == 'pat' else None,
                 epochs=run['epochs'], seconds_per_epoch=run['seconds_per_epoch'], peak_memory_mib=run['peak_memory_mib'],
                 wall_time_s=run['wall_time_s'], device=run['device'], threads=run.get('threads'),
-                **{k: m['test'].get(k) for k in METRIC_COLUMNS},
+                **{k: m['test'].get(k) for k in METRIC_COLUMNS}, miou_rare=_mean_iou(m['test'].get('iou_per_class'), rare),
+                **{f'val_{k}': val.get(k) for k in ('miou', 'pix_acc', 'miou_tail')}, val_miou_rare=_mean_iou(val.get('iou_per_class'), rare),
+                class_counts=json.loads(config.read_text()).get('class_counts') if config.exists() else None,
                 iou_per_class=m['test'].get('iou_per_class'), classes=m.get('classes'), class_pixel_counts=m.get('class_pixel_counts'))
 
 def collect_runs(out_root, warn=print) -> pd.DataFrame:

@@ -103,10 +103,11 @@ def write_report_page(out) -> Path:
 
 # %% ../nbs/07d_page.ipynb #a0000023
 PAGE_FILES = {  # the report notebook's `##` sections in order, and the files each shows (patterns; a table's .csv goes with its .md)
+    'The classes: head, body, tail and rare': ('classes_*.md',),
     'The answer: does PAT improve mIoU over cross-entropy?': ('answer.md',),
     "The paper's tables": ('table1.md', 'table2.md', 'table3.md'),
     'Every method, mean ± std over seeds': ('methods_*.md', 'seeds_*.md'),
-    'PAT against each baseline, paired by seed': ('paired.md', 'verdicts.md'),
+    'PAT against each baseline, paired by seed': ('paired.md', 'paired_val.md', 'paired.csv', 'verdicts.md'),
     'Fig. 2: the class imbalance': ('fig2_*.png',),
     "Fig. 3: PAT's weights and loss": ('fig3_*.png',),
     'Figs. 4 and 5: predictions on the same test images': ('fig45_*.png',),

@@ -11,9 +11,10 @@ from scipy import stats
 from .experiments import PAPER_DIR, TAUS, METRIC_NAMES
 
 # %% auto #0
-__all__ = ['LOWER_IS_BETTER', 'PAPER_TABLES', 'seed_summary', 'mean_std_cells', 't_interval', 'verdict', 'paired_comparison',
-           'verdict_sentence', 'seeds_for', 'answer_sentence', 'seeds_for_range', 'paired_p', 'holm', 'frame_blocks',
-           'bootstrap_difference', 'paper_table', 'beside_paper']
+__all__ = ['LOWER_IS_BETTER', 'SHORT_VERDICTS', 'PAPER_TABLES', 'seed_summary', 'mean_std_cells', 't_interval', 'paired_p',
+           'verdict', 'paired_comparison', 'verdict_sentence', 'seeds_for', 'answer_sentence', 'seeds_for_range',
+           'holm', 'with_holm', 'holm_word', 'paired_cells', 'counted_sentence', 'frame_blocks', 'bootstrap_difference',
+           'paper_table', 'beside_paper']
 
 # %% ../nbs/07a_stats.ipynb #0164fa64
 def seed_summary(df:pd.DataFrame, by=('data_key', 'model', 'method'), metrics=('miou', 'miou_tail')) -> pd.DataFrame:
@@ -48,6 +49,13 @@ def t_interval(d, level:float=0.95) -> tuple[float, float, float]:
     if d.std() == 0: lo = hi = float(d.mean())
     return float(d.mean()), float(lo), float(hi)
 
+def paired_p(d) -> float:
+    "Two-sided p-value of the paired t-test that the mean of the differences `d` is 0 (NaN with fewer than two)."
+    d = np.asarray(d, dtype=float); d = d[~np.isnan(d)]
+    if len(d) < 2: return np.nan
+    if d.std() == 0: return 0.0 if d.mean() != 0 else 1.0
+    return float(stats.ttest_1samp(d, 0.0).pvalue)
+
 def verdict(lo:float, hi:float, better:str='gain', worse:str='loss') -> str:
     "'gain' when the interval lies above zero, 'loss' below, 'within the spread' across it, 'one seed: no interval' without one."
     if np.isnan(lo) or np.isnan(hi): return 'one seed: no interval'
@@ -66,7 +74,7 @@ def paired_comparison(df:pd.DataFrame, reference:str='pat', metrics=('miou', 'mi
             for m in metrics:
                 diff = (ref.loc[seeds, m] - b.loc[seeds, m]).dropna()  # a seed whose metric is undefined (NaN) has no difference
                 mean, lo, hi = t_interval(diff, level)
-                row.update({f'{m} diff': mean, f'{m} low': lo, f'{m} high': hi, f'{m} n': len(diff),
+                row.update({f'{m} diff': mean, f'{m} low': lo, f'{m} high': hi, f'{m} n': len(diff), f'{m} p': paired_p(diff),
                             f'{m} verdict': verdict(lo, hi) if len(diff) else 'undefined (NaN)'})
             rows.append(row)
     return pd.DataFrame(rows)
@@ -113,13 +121,6 @@ def seeds_for_range(half_width:float, n:int, resolution:float=1.0, level:float=0
     return tuple(seeds_for(half_width * f, n, resolution) for f in (k((1 + level) / 2), 1.0, k((1 - level) / 2)))
 
 # %% ../nbs/07a_stats.ipynb #d8f19fa7
-def paired_p(d) -> float:
-    "Two-sided p-value of the paired t-test that the mean of the differences `d` is 0 (NaN with fewer than two)."
-    d = np.asarray(d, dtype=float); d = d[~np.isnan(d)]
-    if len(d) < 2: return np.nan
-    if d.std() == 0: return 0.0 if d.mean() != 0 else 1.0
-    return float(stats.ttest_1samp(d, 0.0).pvalue)
-
 def holm(p) -> np.ndarray:
     "Holm's step-down adjusted p-values, in the order given; NaN entries stay NaN and do not count in the family."
     p = np.asarray(p, dtype=float); out = np.full_like(p, np.nan); ok = ~np.isnan(p)
@@ -127,6 +128,53 @@ def holm(p) -> np.ndarray:
     adjusted = np.empty(m); adjusted[order] = np.minimum(1, np.maximum.accumulate((m - np.arange(m)) * q[order]))
     out[ok] = adjusted
     return out
+
+# %% ../nbs/07a_stats.ipynb #781a6221
+def with_holm(pc:pd.DataFrame, metrics, primary=(), primary_metric:str='miou') -> pd.DataFrame:
+    "`pc` with `primary` (its (reference, baseline) on `primary_metric`) and each metric's Holm-adjusted p over its secondary rows."
+    pc = pc.copy()
+    pc['primary'] = [(r, b) in {tuple(p) for p in primary} for r, b in zip(pc.reference, pc.baseline)]
+    for m in metrics:
+        secondary = ~pc.primary if m == primary_metric else pd.Series(True, index=pc.index)
+        pc[f'{m} holm'] = np.nan
+        pc.loc[secondary, f'{m} holm'] = holm(pc.loc[secondary, f'{m} p'])
+        pc[f'{m} family'] = int(pc.loc[secondary, f'{m} p'].notna().sum())
+    return pc
+
+def holm_word(row, metric:str, primary_metric:str='miou') -> str:
+    "The verdict of `row` on `metric` once the comparisons are counted: primary, standing after Holm, or not surviving it."
+    v = row[f'{metric} verdict']
+    if metric == primary_metric and row.get('primary', False): return f"{v} (primary)"
+    if v not in ('gain', 'loss'): return v
+    return v if row[f'{metric} holm'] <= 0.05 else f"{v}, not after Holm"
+
+# %% ../nbs/07a_stats.ipynb #2e7505b2
+SHORT_VERDICTS = {'gain': 'ahead', 'loss': 'behind', 'within the spread': 'cannot tell', 'one seed: no interval': 'one seed',
+                  'undefined (NaN)': 'undefined'}
+
+def paired_cells(pc:pd.DataFrame, metrics, digits:int=1, primary_metric:str='miou') -> pd.DataFrame:
+    "One row per comparison, a column per metric: 'difference [low, high] word' († where Holm undoes the verdict)."
+    rows = []
+    for _, r in pc.iterrows():
+        name = f"{r.reference} − {r.baseline}"
+        row = {'comparison': f"**{name}**" if r.get('primary', False) else name, 'seeds': int(r.seeds)}
+        for m in metrics:
+            d, lo, hi = r[f'{m} diff'], r[f'{m} low'], r[f'{m} high']
+            interval = '' if pd.isna(lo) else f" [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+            primary = r.get('primary', False) and m == primary_metric  # a primary row is primary on that metric only
+            undone = f'{m} holm' in r and r[f'{m} verdict'] in ('gain', 'loss') and not primary and r[f'{m} holm'] > 0.05
+            row[METRIC_NAMES.get(m, m)] = ('' if pd.isna(d) else f"{d:+.{digits}f}{interval} ") + SHORT_VERDICTS[r[f'{m} verdict']] + '†' * undone
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+# %% ../nbs/07a_stats.ipynb #b24a2997
+def counted_sentence(row, metric:str='miou', reference:str='PAT', primary_metric:str='miou') -> str:
+    "`verdict_sentence`, then whether the comparison is primary, or whether its verdict stands after Holm within its family."
+    s = verdict_sentence(row, metric, reference)
+    if metric == primary_metric and row.get('primary', False): return f"{s[:-1]}; a primary comparison, named before the runs."
+    if row[f'{metric} verdict'] not in ('gain', 'loss') or pd.isna(row.get(f'{metric} holm', np.nan)): return s
+    stands = 'it stands' if row[f'{metric} holm'] <= 0.05 else 'it does not survive the correction'
+    return f"{s[:-1]}; Holm-adjusted p = {row[f'{metric} holm']:.3f} over the {row[f'{metric} family']} comparisons of its family: {stands}."
 
 # %% ../nbs/07a_stats.ipynb #5d348066
 def frame_blocks(names, size:int=10) -> np.ndarray:

@@ -74,3 +74,22 @@ def test_dev_requirements_pin_what_the_lock_installs():
     pins = dict(req.split("==") for req in settings()["dev_requirements"].split() if "==" in req)
     assert {"nbdev", "fastcore", "execnb"} <= set(pins)
     assert {k: lock.get(k) for k in pins} == pins
+
+def test_make_lab_serves_the_notebooks_as_root_too(tmp_path):
+    "`make lab` as root (the usual case in a container) starts the server, with a notice, and serves a notebook over HTTP."
+    import os, socket, signal, time, urllib.request
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    args = f"LAB_ARGS=--no-browser --port={port} --ServerApp.token= --ServerApp.password="
+    lab = subprocess.Popen(["make", "--no-print-directory", "lab", args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, start_new_session=True, env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)})
+    try:
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents/00_data.ipynb?content=0", timeout=2) as r:
+                    served = json.loads(r.read()); break
+            except OSError: time.sleep(0.5)
+        else: raise AssertionError("no server")
+    finally:
+        os.killpg(lab.pid, signal.SIGTERM); out = lab.communicate(timeout=60)[0]
+    assert served["name"] == "00_data.ipynb" and served["type"] == "notebook", served
+    assert ("--allow-root" in out) == (os.getuid() == 0), out[-2000:]
