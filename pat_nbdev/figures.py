@@ -14,10 +14,11 @@ from matplotlib.patches import Patch
 from .views import open_split
 from .data import distinct_palette, denormalize, per_image_class_counts, class_groups
 from .dataplots import colourize, plot_class_imbalance, GROUP_COLOURS
+from .experiments import METRIC_NAMES
 
 # %% auto #0
 __all__ = ['seed_counts', 'caption', 'run_dataset', 'plot_imbalance', 'select_runs', 'per_class_iou', 'plot_iou_heatmap',
-           'plot_examples', 'val_curves', 'plot_val_curves']
+           'plot_examples', 'val_curves', 'plot_val_curves', 'plot_forest']
 
 # %% ../nbs/07c_figures.ipynb #2ddf7e95
 def seed_counts(g:pd.DataFrame) -> str:
@@ -139,3 +140,31 @@ def plot_val_curves(df:pd.DataFrame, data_key:str, model:str|None=None, ax=None)
            title=f"{data_key}, {select_runs(df, data_key, model).model.iloc[0]}: validation mIoU (mean over seeds, band: min-max)")
     ax.title.set_fontsize(9); ax.legend(fontsize=7, ncol=2, frameon=False, loc='lower right')
     return ax
+
+# %% ../nbs/07c_figures.ipynb #49aaf09b
+def _stands(row, m, primary_metric) -> bool:
+    "Whether the verdict of `row` on `m` counts: a primary comparison, or one whose Holm-adjusted p is at most 0.05."
+    if m == primary_metric and row.get('primary', False): return True
+    return not (f'{m} holm' in row and row[f'{m} holm'] > 0.05)
+
+def plot_forest(pc:pd.DataFrame, metrics=('miou', 'miou_rare', 'pix_acc'), primary_metric:str='miou', title:str='') -> plt.Figure:
+    "Each comparison of `pc` (rows) on each metric (panels): the paired mean difference and its 95 % interval, zero marked."
+    y = np.arange(len(pc))[::-1]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.6 * len(metrics) + 2.2, 0.3 * len(pc) + 1.2), sharey=True, squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for yi, (_, r) in zip(y, pc.iterrows()):
+            d, lo, hi = r[f'{m} diff'], r[f'{m} low'], r[f'{m} high']
+            colour = 'tab:green' if lo > 0 else 'tab:red' if hi < 0 else 'tab:gray'
+            alpha = 1.0 if _stands(r, m, primary_metric) or colour == 'tab:gray' else 0.35
+            if not np.isnan(lo): ax.plot([lo, hi], [yi, yi], color=colour, lw=2.2, alpha=alpha, solid_capstyle='butt')
+            ax.plot(d, yi, 'o', color=colour, ms=4, alpha=alpha)
+        ax.axvline(0, color='k', lw=0.8)
+        ax.set_title(METRIC_NAMES.get(m, m), fontsize=9); ax.set_xlabel('difference (points)', fontsize=8)
+        ax.tick_params(axis='x', labelsize=7); ax.grid(axis='x', alpha=0.3)
+    labels = [f"{r.reference} − {r.baseline} ({int(r.seeds)} seeds)" for _, r in pc.iterrows()]
+    axes[0, 0].set_yticks(y, labels, fontsize=8)
+    for tick, primary in zip(axes[0, 0].get_yticklabels(), pc.get('primary', pd.Series(False, index=pc.index))):
+        if primary: tick.set_fontweight('bold')
+    if title: fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return fig

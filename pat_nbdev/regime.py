@@ -4,16 +4,16 @@
 
 # %% auto #0
 __all__ = ['SEARCH_TITLE', 'learning_curve', 'miou_on_test', 'plot_learning_curves', 'convergence_check', 'compare_regimes',
-           'plot_regimes', 'write_regime_comparison', 'candidate_row', 'write_search_report', 'tau_sweep_table',
-           'choose_tau', 'plot_tau_sweep', 'write_tau_sweep']
+           'plot_regimes', 'write_regime_comparison', 'candidate_row', 'write_search_report', 'keep_search_run',
+           'tau_sweep_table', 'choose_tau', 'plot_tau_sweep', 'write_tau_sweep']
 
 # %% ../nbs/07e_regime.ipynb #6830b286
-import json
+import json, shutil
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
-from .experiments import METRIC_NAMES
+from .experiments import METRIC_NAMES, COMMITTED_RUN_FILES, portable_paths
 
 # %% ../nbs/07e_regime.ipynb #08ece402
 def learning_curve(run_dir) -> pd.DataFrame:
@@ -124,6 +124,17 @@ def write_search_report(search_dir, budget:float=30, labels:dict|None=None, titl
     ax.set_title(title, fontsize=8)
     ax.figure.savefig(search_dir / 'fig_search_curves.png', dpi=110, bbox_inches='tight'); plt.close(ax.figure)
     return table
+
+# %% ../nbs/07e_regime.ipynb #272a1812
+def keep_search_run(run_dir, search_dir) -> Path:
+    "Copy the finished run in `run_dir` (its `COMMITTED_RUN_FILES`) to `search_dir/<its name>`, recorded paths relative there."
+    src = Path(run_dir); dest = Path(search_dir) / src.name; dest.mkdir(parents=True, exist_ok=True)
+    for name in COMMITTED_RUN_FILES:
+        if (src / name).exists(): shutil.copy2(src / name, dest / name)
+    cfg = json.loads((dest / 'config.json').read_text())
+    (dest / 'config.json').write_text(json.dumps({**cfg, 'out': str(dest.resolve())}, indent=2))  # the run's folder is now this one
+    portable_paths(dest)
+    return dest
 
 # %% ../nbs/07e_regime.ipynb #711aca95
 def _pat_normalizer(loss_kw:dict) -> str:
