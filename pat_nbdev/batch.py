@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from .checkpoint import write_json
 from .eta import TimeLeft
 from .experiments import KERNEL_ARGS, drop_truncated_notebook, execute_run, run_finished
+from .losses import LOSS_NAMES
 
 # %% auto #0
 __all__ = ['WARM_IMPORTS', 'KERNEL_STARTS', 'job_slots', 'run_env', 'SlotKernel', 'RunFailed', 'slot_worker', 'RunProcess',
@@ -25,9 +26,15 @@ def job_slots(jobs:int=1, devices:list|None=None, runs_per_device:int=1, cores:i
     return [dict(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))] * max(1, jobs)
 
 # %% ../nbs/07f_batch.ipynb #b0000009
+def _started_threads(out) -> int|None:
+    "The thread count an interrupted run in folder `out` started with (its `config.json`), if it has a readable one."
+    try: return json.loads((Path(out) / 'config.json').read_text()).get('threads')
+    except (OSError, ValueError, AttributeError): return None
+
 def run_env(cfg:dict, slot:dict) -> tuple[dict, dict]:
-    "The run config and environment of `cfg` in `slot`: the plan's thread count wins over the slot's share, else is recorded from it."
-    if cfg.get('threads'): return cfg, {**slot, 'OMP_NUM_THREADS': str(cfg['threads']), 'MKL_NUM_THREADS': str(cfg['threads'])}
+    "The run config and environment of `cfg` in `slot`: the plan's thread count, else the one it started with, else the slot's share."
+    threads = cfg.get('threads') or _started_threads(cfg.get('out', ''))  # a run resumes at its own thread count (another --jobs)
+    if threads: return {**cfg, 'threads': threads}, {**slot, 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
     if 'OMP_NUM_THREADS' in slot: return {**cfg, 'threads': int(slot['OMP_NUM_THREADS'])}, slot
     return cfg, slot
 
@@ -92,6 +99,11 @@ def _error_line(e:BaseException) -> str:
     if type(e).__name__ == 'PapermillExecutionError': return f"{e.ename}: {(str(e.evalue).strip().splitlines() or [''])[0]}"
     return f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
 
+def _fresh(kernel:SlotKernel) -> SlotKernel:
+    "A new kernel in place of `kernel` (shut down if it still lives)."
+    if kernel.alive: kernel.shutdown()
+    return SlotKernel()
+
 def slot_worker(engine:str):
     "A slot's run process: one run config per line on stdin, executed in turn (in one `SlotKernel`); one JSON answer per line on stdout."
     answers = os.fdopen(os.dup(1), 'w', buffering=1)  # fds 1 and 2 go to each run's run.log, the answers stay here
@@ -104,11 +116,13 @@ def slot_worker(engine:str):
         cfg = json.loads(line); out = Path(cfg['out']); out.mkdir(parents=True, exist_ok=True)
         sys.stdout.flush(); sys.stderr.flush()
         with open(out / 'run.log', 'w') as log: os.dup2(log.fileno(), 1); os.dup2(log.fileno(), 2)
+        users = cfg['loss'] not in LOSS_NAMES  # a user's loss may change any global state: it gets a kernel of its own
         try:
-            if kernel is not None and not kernel.alive: kernel = SlotKernel()  # the last run killed it
+            if kernel is not None and (users or not kernel.alive): kernel = _fresh(kernel)  # or the last run killed it
             if kernel is not None: kernel.reset(cwd=out)
             execute_run(cfg, engine, kernel=kernel); answer = dict(ok=True)
         except Exception as e: traceback.print_exc(); answer = dict(error=_error_line(e))
+        if kernel is not None and users: kernel = _fresh(kernel)  # and nothing it left reaches the next run
         sys.stdout.flush(); sys.stderr.flush()
         answers.write(json.dumps(answer) + '\n')
     if kernel is not None and kernel.alive: kernel.shutdown()

@@ -11,7 +11,7 @@ import pandas as pd
 from .losses import LOSS_NAMES, PAPER_LOSSES
 from .train import TINY_RUN
 from .data import rare_classes
-from .checkpoint import DiskFullError, _disk_full, config_diff, read_config, write_json
+from .checkpoint import DiskFullError, RunFolderError, _disk_full, config_diff, read_config, write_json
 
 # %% auto #0
 __all__ = ['TABLE_MODELS', 'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS', 'CAMVID_CONVERGED', 'SWEEP_TAUS',
@@ -300,7 +300,8 @@ def plan_status(configs:list[dict], runs_root) -> dict:
     "Sort planned `configs` into `finished` (recorded config matches), `todo`, `stale` (out -> differences) and `foreign` (other runs)."
     status = dict(finished=[], todo=[], stale={}, foreign=[])
     for cfg in configs:
-        diff = config_mismatch(cfg)
+        try: diff = config_mismatch(cfg)
+        except RunFolderError: diff = ["config.json damaged (not the JSON object pat-train writes)"]  # --overwrite sets it aside
         if diff: status['stale'][cfg['out']] = diff
         else: status['finished' if run_finished(cfg['out']) else 'todo'].append(cfg['out'])
     planned = {str(Path(c['out']).resolve()) for c in configs}

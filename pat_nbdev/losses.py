@@ -243,6 +243,11 @@ class SegLoss(nn.Module):
     fn = None  # the functional loss, a staticmethod in subclasses
     def __init__(self, ignore_index:int=255, variant:str="authors", class_counts=None, **hparams):
         super().__init__()
+        takes = [k for k in inspect.signature(self.fn).parameters if k not in ("logits", "target", "ignore_index", "variant",
+                                                                               "class_counts", "training", "kw")]
+        if unknown := sorted(set(hparams) - set(takes)):  # a misspelling is refused when the loss is built, not at its first call
+            raise TypeError(f"{type(self).__name__} got unknown keyword(s) {', '.join(unknown)}; it takes {', '.join(takes) or 'none'} "
+                            "(and ignore_index, variant, class_counts)")
         _check_hparams(variant, **hparams)
         self.ignore_index, self.variant, self.hparams = ignore_index, variant, hparams
         self.register_buffer("class_counts", None if class_counts is None else _as_counts(class_counts))

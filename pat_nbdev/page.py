@@ -91,9 +91,9 @@ def _first_markdown_output(nb) -> str:
     return next((o.data['text/markdown'] for c in nb.cells if c.cell_type == 'code' for o in c.outputs
                  if 'text/markdown' in o.get('data', {})), '')
 
-def write_report_page(out) -> Path:
-    "`out/report/index.html` from the executed `out/notebooks/report.ipynb`; `out/report/README.md` linking every file of `out/report/`."
-    out = Path(out); executed, report = out / 'notebooks' / 'report.ipynb', out / 'report'
+def write_report_page(out, report=None) -> Path:
+    "`index.html` from the executed `out/notebooks/report.ipynb` and a `README.md` linking every file, in `report` (default `out/report`)."
+    out = Path(out); executed, report = out / 'notebooks' / 'report.ipynb', Path(report or out / 'report')
     if not executed.exists(): raise FileNotFoundError(f"no executed report notebook at {executed}: run pat-reproduce's report step first")
     nb = nbformat.read(executed, as_version=4)
     html = render_page(nb, _title(nb)); (report / 'index.html').write_text(html, encoding='utf-8')

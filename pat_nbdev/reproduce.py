@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, logging, os, shutil, signal, sys, threading, time, traceback
 from pathlib import Path
 from .argtypes import positive_int, name_path, device_list, describe, exit_status_epilog, INTERRUPTED, TERMINATED
-from .checkpoint import FolderLock, FolderLockedError
+from .checkpoint import FolderLock, FolderLockedError, RunFolderError, check_writable
 from .losses import LOSS_NAMES, resolve_loss
 from .experiments import *
 from .experiments import PRESETS, TABLE_MODELS
@@ -16,8 +16,8 @@ from .eta import describe_estimate, job_estimate
 from .page import write_report_page
 
 # %% auto #0
-__all__ = ['STEPS', 'THEORY_FIGURES', 'BENCH_SHAPE', 'OUTPUTS', 'reproduce_parser', 'plan', 'PlanError', 'check_plan',
-           'clear_report', 'announce_estimate', 'Terminated', 'main']
+__all__ = ['STEPS', 'THEORY_FIGURES', 'NEEDS_IMAGES', 'BENCH_SHAPE', 'OUTPUTS', 'reproduce_parser', 'plan', 'PlanError',
+           'plan_refusal', 'check_plan', 'build_report', 'announce_estimate', 'Terminated', 'main']
 
 # %% ../nbs/08_reproduce.ipynb #d41899fc
 def _has_gpu() -> bool:
@@ -84,18 +84,22 @@ def _listing(items, n:int=8) -> str:
 class PlanError(ValueError):
     "The plan cannot go ahead as asked: the message says why and what to do (one line, exit 2)."
 
+def plan_refusal(status:dict, runs_root:Path) -> str|None:
+    "Why `pat-reproduce` refuses a plan whose `plan_status` is `status` (runs of other settings in its folder), or None."
+    rel = lambda f: os.path.relpath(Path(f).resolve(), Path(runs_root).resolve())
+    what = [f"{rel(f)} ({', '.join(d)})" for f, d in status['stale'].items()] + [f"{rel(f)} (not in this plan)" for f in status['foreign']]
+    if not what: return None
+    return (f"{len(what)} run(s) under {runs_root} were made with other settings than this plan and would be "
+            f"mistaken for its results: {_listing(what)}. Use the settings that made them, another --out, "
+            f"or --overwrite to set them aside and retrain")
+
 def check_plan(configs:list[dict], out:Path, overwrite:bool=False) -> dict:
     "`plan_status` of `configs` under `out/runs`; runs of other settings are set aside with `overwrite`, else a `PlanError` names them."
     runs_root = out / 'runs'
     status = plan_status(configs, runs_root)
     rel = lambda f: os.path.relpath(Path(f).resolve(), runs_root.resolve())
     wrong = [*status['stale'], *status['foreign']]
-    if wrong and not overwrite:
-        what = ([f"{rel(f)} ({', '.join(d)})" for f, d in status['stale'].items()]
-                + [f"{rel(f)} (not in this plan)" for f in status['foreign']])
-        raise PlanError(f"{len(wrong)} run(s) under {runs_root} were made with other settings than this plan and would be "
-                         f"mistaken for its results: {_listing(what)}. Use the settings that made them, another --out, "
-                         f"or --overwrite to set them aside and retrain")
+    if wrong and not overwrite: raise PlanError(plan_refusal(status, runs_root))
     if wrong:
         dest = set_aside_runs(wrong, runs_root)
         print(f"set aside {len(wrong)} run(s) made with other settings, in {dest}")
@@ -105,14 +109,26 @@ def check_plan(configs:list[dict], out:Path, overwrite:bool=False) -> dict:
     return status
 
 # %% ../nbs/08_reproduce.ipynb #3f703a90
-THEORY_FIGURES = 'fig3'  # prefix of the files the theory step writes into report/
+THEORY_FIGURES = ('fig3', 'theory_')  # prefixes of the files the theory step writes into report/
+NEEDS_IMAGES = ('fig2_', 'fig45_')  # figures drawn from the dataset's images: a build without the data cannot redraw them
 
-def clear_report(report_dir:Path, keep_theory:bool=True):
-    "Remove the files of an earlier report build from `report_dir` (Fig. 3 kept when `keep_theory`)."
-    if not report_dir.is_dir(): return
-    for f in report_dir.iterdir():
-        if keep_theory and f.name.startswith(THEORY_FIGURES): continue
-        shutil.rmtree(f) if f.is_dir() else f.unlink()
+def build_report(out:Path, params:dict) -> list:
+    "Build the report in a fresh folder and swap it in for `out/report` whole; the previous figures kept because they need images."
+    final, fresh, old = out / 'report', out / '.report-new', out / '.report-old'
+    shutil.rmtree(fresh, ignore_errors=True); fresh.mkdir(parents=True)
+    before = sorted(final.iterdir()) if final.is_dir() else []
+    for f in before:
+        if f.name.startswith(THEORY_FIGURES): shutil.copy2(f, fresh / f.name)
+    try:
+        execute_notebook(notebook_path('report.ipynb'), out / 'notebooks' / 'report.ipynb', {**params, 'report_dir': str(fresh)})
+        write_report_page(out, fresh)
+    except BaseException: shutil.rmtree(fresh, ignore_errors=True); raise  # stopped or failed: the previous report stays whole
+    kept = [f for f in before if f.name.startswith(NEEDS_IMAGES) and not (fresh / f.name).exists()]
+    for f in kept: shutil.copy2(f, fresh / f.name)
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists(): final.rename(old)
+    fresh.rename(final); shutil.rmtree(old, ignore_errors=True)
+    return [f.name for f in kept]
 
 # %% ../nbs/08_reproduce.ipynb #e7b00002
 def announce_estimate(todo:list[dict], slots:list[dict]|None, steps) -> dict:
@@ -120,10 +136,13 @@ def announce_estimate(todo:list[dict], slots:list[dict]|None, steps) -> dict:
     steps = [s for s in steps if s != 'runs' or todo]
     if not steps: return {}
     todo = [run_env(c, slots[0])[0] for c in todo] if slots else todo  # at the thread count each run will have
+    at_once = len(slots or [0])
+    if slots and 'CUDA_VISIBLE_DEVICES' not in slots[0]: at_once = min(at_once, os.cpu_count() or 1)  # more jobs than cores share them
     print(f"measuring this machine on the {len(todo)} run(s) to do ...", end=' ', flush=True)
-    try: est = job_estimate(todo, len(slots or [0]), steps)
+    try: est = job_estimate(todo, at_once, steps)
     except Exception as e: print(f"no estimate ({type(e).__name__}: {e})", flush=True); return {}
-    print(describe_estimate(est, len(todo), len(slots or [0])), flush=True)
+    cores = f" ({len(slots)} jobs on {os.cpu_count()} cores: no more than {at_once} run at once)" if at_once < len(slots or [0]) else ''
+    print(describe_estimate(est, len(todo), at_once) + cores, flush=True)
     return est['runs_each']
 
 # %% ../nbs/08_reproduce.ipynb #9c962084
@@ -138,7 +157,10 @@ def _step(name, fn, log):
     from pat_nbdev.launch import SubmissionRefused
     try: fn(); log[name] = f"ok ({time.perf_counter() - t0:.0f} s)"
     except SubmissionRefused as e: raise SystemExit(f"pat-reproduce: {e}") from None  # sbatch said no: its reason, no later step
-    except Exception as e: log[name] = f"FAILED: {type(e).__name__}: {e}"; traceback.print_exc()
+    except Exception as e:
+        if hasattr(e, 'ename'):  # a notebook cell failed: its error in one line; the executed notebook keeps the traceback
+            log[name] = f"FAILED: {e.ename}: {str(e.evalue).splitlines()[0] if e.evalue else ''} (the executed notebook under notebooks/ has the rest)"
+        else: log[name] = f"FAILED: {type(e).__name__}: {e}"; traceback.print_exc()
     print(f"   {name}: {log[name]}", flush=True)
 
 BENCH_SHAPE = (4, 20, 128, 256)  # logits of the loss benchmark in pat-reproduce: Fig. 6's cost panel (pat-bench losses for the full size)
@@ -183,11 +205,18 @@ def main(argv=None):
     seeds = a.seeds or preset.seeds
     what = f"methods {list(dict.fromkeys(r.loss_tag for r in runs))}" if preset.methods else f"tables {a.tables}"
     print(f"{len(runs)} runs ({seeds} seed(s)) for {what}, preset {a.preset!r}: {preset.description}")
-    if a.dry_run:
+    try: check_writable(out)  # a file in the way, a read-only file system: one line, before anything starts
+    except RunFolderError as e: p.exit(2, f"pat-reproduce: error: {e}\n")
+    if a.dry_run:  # what the same command would do, refusals and their exit code included; nothing written
+        if not a.overwrite and (why := plan_refusal(plan_status(configs, out / 'runs'), out / 'runs')):
+            p.exit(2, f"pat-reproduce: error: {why}\n")
         for c in configs: print('  ', Path(c['out']).relative_to(out / 'runs'))
         if launch and a.launcher == 'slurm': print(sbatch_script(launch['executor'], len(configs), launch['max_parallel']))
         elif not launch:  # what the same command without --dry-run would take
-            announce_estimate([c for c in configs if not run_finished(c['out'])], _slots(a), [s for s in STEPS if s not in a.skip])
+            try: announce_estimate([c for c in configs if not run_finished(c['out'])], _slots(a), [s for s in STEPS if s not in a.skip])
+            except KeyboardInterrupt:
+                print("\npat-reproduce: interrupted during the dry run's measurement; nothing was written", file=sys.stderr)
+                return INTERRUPTED
         return 0
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
@@ -236,11 +265,10 @@ def _steps(a, out:Path, configs:list[dict], launch:dict|None) -> int:
     if 'report' not in skip and collect_runs(out / 'runs', warn=lambda m: None).empty:
         print(f"report: no finished run under {out / 'runs'}, nothing to report"); log['report'] = 'FAILED: no finished run'
     elif 'report' not in skip:
-        clear_report(out / 'report', keep_theory=True)
-        _step('report', lambda: execute_notebook(notebook_path('report.ipynb'), out / 'notebooks' / 'report.ipynb', dict(
-            runs_dir=str(out / 'runs'), report_dir=str(out / 'report'), tables=[] if preset.methods else list(a.tables),
-            preset_description=preset.description, bench_dir=str(out / 'bench'))), log)
-        if log['report'].startswith('ok'): _step('page', lambda: write_report_page(out), log)
+        params = dict(runs_dir=str(out / 'runs'), tables=[] if preset.methods else list(a.tables),
+                      preset_description=preset.description, bench_dir=str(out / 'bench'))
+        _step('report', lambda: log.update(kept=build_report(out, params)), log)
+        if log.get('kept'): print(f"   kept from the previous report (drawing them needs the dataset's images): {', '.join(log['kept'])}")
     failed = log.get('batch', {}).get('failed', {})
     print(f"\nOutputs under {out}:", *[f"  {k + '/':<11} {v}" for k, v in OUTPUTS.items() if (out / k).exists()], sep='\n')
     if failed: print(f"{len(failed)} run(s) failed, see {out / 'runs' / 'failures.json'}:",

@@ -19,7 +19,10 @@ def main(study: str) -> int:
     unrecorded = [f for f in folders if f not in unfinished and not run_recorded(f)]  # stopped before its record
     finished = [f for f in folders if f not in unfinished and f not in unrecorded]
     files = [str(f / n) for f in finished for n in COMMITTED_RUN_FILES if (f / n).exists()]
-    if files: subprocess.run(['git', 'add', '--', *files], check=True)
+    if files:
+        added = subprocess.run(['git', 'add', '--', *files], capture_output=True, text=True)
+        if added.returncode: sys.exit(f"stage_study: git could not stage {study}'s runs: {(added.stderr.strip().splitlines() or ['?'])[-1]}"
+                                      " (expected a study inside a git checkout)")
     name = lambda fs: ', '.join(str(f.relative_to(runs)) for f in fs) or 'none'
     print(f"staged {len(finished)} finished run(s) of {study}; not finished: {name(unfinished)}"
           + (f"; finished but not recorded (no provenance.json: run the study's command again, it completes them): {name(unrecorded)}"

@@ -93,3 +93,12 @@ def test_make_lab_serves_the_notebooks_as_root_too(tmp_path):
         os.killpg(lab.pid, signal.SIGTERM); out = lab.communicate(timeout=60)[0]
     assert served["name"] == "00_data.ipynb" and served["type"] == "notebook", served
     assert ("--allow-root" in out) == (os.getuid() == 0), out[-2000:]
+
+def test_stage_study_outside_a_git_checkout_says_so_in_one_line(tmp_path):
+    run = tmp_path / "study" / "runs" / "a"; run.mkdir(parents=True)
+    for name in ("config.json", "metrics.json", "provenance.json"):
+        shutil.copy2(REPO / "reports" / "camvid-study" / "runs" / "camvid" / "unet" / "ce" / name, run / name)
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "stage_study.py"), "study"], cwd=tmp_path, capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "GIT_CEILING_DIRECTORIES": str(tmp_path)})
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()] and "expected a study inside a git checkout" in p.stderr, p.stderr
