@@ -342,7 +342,8 @@ def _run_row(path:Path) -> dict:
                 epochs=run['epochs'], seconds_per_epoch=run['seconds_per_epoch'], peak_memory_mib=run['peak_memory_mib'],
                 wall_time_s=run['wall_time_s'], device=run['device'], threads=run.get('threads'), device_name=run.get('device_name'),
                 **{k: m['test'].get(k) for k in METRIC_COLUMNS}, miou_rare=_mean_iou(m['test'].get('iou_per_class'), rare),
-                **{f'val_{k}': val.get(k) for k in ('miou', 'pix_acc', 'miou_tail')}, val_miou_rare=_mean_iou(val.get('iou_per_class'), rare),
+                **{f'val_{k}': val.get(k) for k in ('miou', 'pix_acc', 'miou_tail')},
+                val_miou_rare=_mean_iou(val.get('iou_per_class'), rare),
                 class_counts=json.loads(config.read_text()).get('class_counts') if config.exists() else None,
                 iou_per_class=m['test'].get('iou_per_class'), classes=m.get('classes'), class_pixel_counts=m.get('class_pixel_counts'))
 

@@ -159,7 +159,8 @@ def _step(name, fn, log):
     except SubmissionRefused as e: raise SystemExit(f"pat-reproduce: {e}") from None  # sbatch said no: its reason, no later step
     except Exception as e:
         if hasattr(e, 'ename'):  # a notebook cell failed: its error in one line; the executed notebook keeps the traceback
-            log[name] = f"FAILED: {e.ename}: {str(e.evalue).splitlines()[0] if e.evalue else ''} (the executed notebook under notebooks/ has the rest)"
+            first = str(e.evalue).splitlines()[0] if e.evalue else ''
+            log[name] = f"FAILED: {e.ename}: {first} (the executed notebook under notebooks/ has the rest)"
         else: log[name] = f"FAILED: {type(e).__name__}: {e}"; traceback.print_exc()
     print(f"   {name}: {log[name]}", flush=True)
 

@@ -163,7 +163,8 @@ def paired_cells(pc:pd.DataFrame, metrics, digits:int=1, primary_metric:str='mio
             interval = '' if pd.isna(lo) else f" [{lo:+.{digits}f}, {hi:+.{digits}f}]"
             primary = r.get('primary', False) and m == primary_metric  # a primary row is primary on that metric only
             undone = f'{m} holm' in r and r[f'{m} verdict'] in ('gain', 'loss') and not primary and r[f'{m} holm'] > 0.05
-            row[METRIC_NAMES.get(m, m)] = ('' if pd.isna(d) else f"{d:+.{digits}f}{interval} ") + SHORT_VERDICTS[r[f'{m} verdict']] + '†' * undone
+            number = '' if pd.isna(d) else f"{d:+.{digits}f}{interval} "
+            row[METRIC_NAMES.get(m, m)] = number + SHORT_VERDICTS[r[f'{m} verdict']] + '†' * undone
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -174,7 +175,8 @@ def counted_sentence(row, metric:str='miou', reference:str='PAT', primary_metric
     if metric == primary_metric and row.get('primary', False): return f"{s[:-1]}; a primary comparison, named before the runs."
     if row[f'{metric} verdict'] not in ('gain', 'loss') or pd.isna(row.get(f'{metric} holm', np.nan)): return s
     stands = 'it stands' if row[f'{metric} holm'] <= 0.05 else 'it does not survive the correction'
-    return f"{s[:-1]}; Holm-adjusted p = {row[f'{metric} holm']:.3f} over the {row[f'{metric} family']} comparisons of its family: {stands}."
+    holm_p, family = row[f'{metric} holm'], row[f'{metric} family']
+    return f"{s[:-1]}; Holm-adjusted p = {holm_p:.3f} over the {family} comparisons of its family: {stands}."
 
 # %% ../nbs/07a_stats.ipynb #5d348066
 def frame_blocks(names, size:int=10) -> np.ndarray:
