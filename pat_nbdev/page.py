@@ -5,6 +5,7 @@
 # %% ../nbs/07d_page.ipynb #a0000004
 from __future__ import annotations
 import re
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -13,8 +14,8 @@ from nbformat.v4 import new_markdown_cell, new_notebook
 from .experiments import notebook_path
 
 # %% auto #0
-__all__ = ['PAGE_FILES', 'files_line', 'render_page', 'page_links', 'files_section', 'write_report_page', 'report_sections',
-           'study_notebook', 'write_study_page']
+__all__ = ['FIGURE_ALT', 'PAGE_FILES', 'files_line', 'describe_figure', 'render_page', 'page_links', 'files_section',
+           'write_report_page', 'report_sections', 'study_notebook', 'write_study_page']
 
 # %% ../nbs/07d_page.ipynb #a0000007
 def files_line(names) -> str:
@@ -38,14 +39,42 @@ def _for_reader(nb):
         if c.cell_type == 'code': c.outputs = [o for o in c.outputs if not (o.output_type == 'stream' and o.name == 'stderr')]
     return nb
 
+FIGURE_ALT = {  # a report figure's file name prefix -> what it shows, for its alt text (the rest of the name: its data)
+    'fig_answer': 'Forest plot of the answer: each PAT variant minus each method, paired by seed, with 95 % intervals',
+    'fig2_': 'Fig. 2: share of the pixels and of the images of each class', 'fig3_': "Fig. 3: PAT's weight, loss and gradient",
+    'fig45_': "Figs. 4-5: test images, their labels and each method's prediction", 'fig6_': 'Fig. 6: the cost of each loss',
+    'fig_iou_': 'Heatmap of the test IoU of each class for every method', 'fig_val_curves_': 'Validation mIoU per epoch of every method',
+    'fig_groups': 'mIoU over the head, body and tail classes of every method', 'theory_': 'Measured gradient ratios (theory)',
+    'fig_tau': "PAT's temperature: validation and test mIoU against tau", 'fig_regimes': 'Rank of each method in each training regime'}
+_NO_ALT = 'No description has been provided for this image'  # what nbconvert writes
+
+def describe_figure(name:str) -> str:
+    "An alt text for the report figure in file `name`: what it shows, and on which data and model (from the rest of its name)."
+    prefix = max((p for p in FIGURE_ALT if name.startswith(p)), key=len, default=None)
+    if prefix is None: return f"Figure {name}"
+    data = Path(name).stem[len(prefix):].strip('_').replace('_', ', ')
+    return f"{FIGURE_ALT[prefix]}{f' ({data})' if data else ''}; file {name}"
+
+def _with_alt_text(html:str) -> str:
+    "Each image without an alt text of its own gets `describe_figure` of the file its cell links next."
+    def alt(m):
+        tag = m.group(0)
+        src = re.search(r'src="([^"]+\.png)"', tag)  # a figure shown from its file: its alt is the bare file name
+        named = src and f'alt="{Path(unquote(src.group(1))).stem}"' in tag
+        if 'alt=' in tag and _NO_ALT not in tag and not named: return tag
+        link = src if named else re.search(r'href="([^"]+\.png)"', html[m.end():])
+        text = escape(describe_figure(Path(unquote(link.group(1))).name) if link else 'Figure', quote=True)
+        return re.sub(r'\salt="[^"]*"', '', tag).replace('<img', f'<img alt="{text}"', 1)
+    return re.sub(r'<img\b[^>]*>', alt, html)
+
 def render_page(nb, title:str) -> str:
-    "Notebook `nb` as one HTML page titled `title`: code hidden, images as they are in the outputs (embedded), no script."
+    "Notebook `nb` as one HTML page titled `title`: code hidden, images embedded with alt texts of their own, no script."
     import jinja2
     from nbconvert import HTMLExporter
     ex = HTMLExporter(extra_loaders=[jinja2.DictLoader({'pat_page.html.j2': _TEMPLATE})], template_file='pat_page.html.j2',
                       exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     nb = _for_reader(nb); nb.metadata['title'] = title
-    return ex.from_notebook_node(nb)[0]
+    return _with_alt_text(ex.from_notebook_node(nb)[0])
 
 # %% ../nbs/07d_page.ipynb #a0000014
 class _Links(HTMLParser):
