@@ -63,26 +63,30 @@ def compare_regimes(regimes:dict, metric:str='miou', data_key:str='camvid') -> p
         cols[(label, metric)], cols[(label, 'seeds')] = by.mean().round(1), by.size()
         cols[(label, 'rank')] = by.mean().rank(ascending=False, method='min').astype(int)
     table = pd.DataFrame(cols).dropna().astype({(l, k): int for l in regimes for k in ('seeds', 'rank')})
-    first, second = (table[(l, 'rank')] for l in list(regimes)[:2])
-    table.attrs['spearman'] = round(float(first.corr(second)), 2) if len(table) > 2 else None
+    labels = list(regimes)
+    table.attrs['spearman_pairs'] = {f"{a} -> {b}": round(float(table[(a, 'rank')].corr(table[(b, 'rank')])), 2) if len(table) > 2 else None
+                                     for a, b in zip(labels, labels[1:])}  # each regime against the next
+    table.attrs['spearman'] = next(iter(table.attrs['spearman_pairs'].values()), None)  # the first two
     return table
 
 # %% ../nbs/07e_regime.ipynb #e7c0a005
 def plot_regimes(table:pd.DataFrame, metric:str='miou', ax=None) -> plt.Axes:
-    "Slope chart of `compare_regimes`'s table: each method's rank in the first two regimes, its `metric` beside each end."
-    first, second = list(dict.fromkeys(table.columns.get_level_values(0)))[:2]
-    ax = ax or plt.subplots(figsize=(6, 0.4 * len(table) + 1.2))[1]
+    "Slope chart of `compare_regimes`'s table: each method's rank in each regime, left to right, its `metric` beside each point."
+    labels = list(dict.fromkeys(table.columns.get_level_values(0))); last = len(labels) - 1
+    ax = ax or plt.subplots(figsize=(3 + 2 * len(labels), 0.4 * len(table) + 1.2))[1]
     for method, r in table.iterrows():
-        y = [r[(first, 'rank')], r[(second, 'rank')]]
-        ax.plot([0, 1], y, marker='o', lw=1.2)
-        ax.text(-0.04, y[0], f"{method} {r[(first, metric)]:.1f}", ha='right', va='center', fontsize=8)
-        ax.text(1.04, y[1], f"{r[(second, metric)]:.1f} {method}", ha='left', va='center', fontsize=8)
+        y = [r[(l, 'rank')] for l in labels]
+        ax.plot(range(len(labels)), y, marker='o', lw=1.2)
+        ax.text(-0.04, y[0], f"{method} {r[(labels[0], metric)]:.1f}", ha='right', va='center', fontsize=8)
+        ax.text(last + 0.04, y[-1], f"{r[(labels[-1], metric)]:.1f} {method}", ha='left', va='center', fontsize=8)
+        for i in range(1, last): ax.text(i, y[i] - 0.15, f"{r[(labels[i], metric)]:.1f}", ha='center', va='bottom', fontsize=7)
     seeds = lambda l: '-'.join(map(str, sorted({table[(l, 'seeds')].min(), table[(l, 'seeds')].max()})))
-    ax.set(xlim=(-0.6, 1.6), ylim=(len(table) + 0.5, 0.5), xticks=[0, 1], yticks=[], ylabel='rank (1 = best)',
-           xticklabels=[f"{l}\n({seeds(l)} seed(s) per method)" for l in (first, second)])
+    ax.set(xlim=(-0.6 - 0.1 * last, last + 0.6 + 0.1 * last), ylim=(len(table) + 0.5, 0.5), xticks=list(range(len(labels))),
+           yticks=[], ylabel='rank (1 = best)', xticklabels=[f"{l}\n({seeds(l)} seed(s) per method)" for l in labels])
     ax.spines[['top', 'right', 'left']].set_visible(False)
+    pairs = '; '.join(f"{k} {v}" for k, v in table.attrs.get('spearman_pairs', {}).items())
     name = METRIC_NAMES.get(metric, metric)
-    ax.set_title(f"rank by test {name}, mean over seeds; Spearman correlation of the ranks {table.attrs.get('spearman')}", fontsize=8)
+    ax.set_title(f"rank by test {name}, mean over seeds; Spearman correlation of the ranks: {pairs}", fontsize=8)
     return ax
 
 def write_regime_comparison(regimes:dict, out, source:str, data_key:str='camvid') -> pd.DataFrame:
@@ -91,7 +95,8 @@ def write_regime_comparison(regimes:dict, out, source:str, data_key:str='camvid'
     flat = table.set_axis([f"{label} {k}" for label, k in table.columns], axis=1).rename_axis('method')
     flat.to_csv(out / 'regimes.csv')
     (out / 'regimes.md').write_text(f"{data_key}: test mIoU (%) of each method, mean over its seeds, and its rank (1 = best) in each "
-                                    f"regime; Spearman correlation of the two rankings: {table.attrs['spearman']}.\n\n{source}\n\n"
+                                    f"regime; Spearman correlation of each ranking with the next: "
+                                    f"{', '.join(f'{k}: {v}' for k, v in table.attrs['spearman_pairs'].items())}.\n\n{source}\n\n"
                                     f"{flat.to_markdown()}\n")
     ax = plot_regimes(table)
     ax.figure.text(0, -0.02, source.replace('**', ''), fontsize=6, va='top', wrap=True)
