@@ -75,7 +75,11 @@ def config_from_args(a:argparse.Namespace) -> TrainConfig:
     kw = {f.name: getattr(a, f.name) for f in fields(TrainConfig)}
     kw.update({k: {key: _literal(v) for key, v in pairs} for k, pairs in kw.items() if isinstance(pairs, list)})
     for flag, (target, key, *_) in {**SHORTCUTS, "detach_beta": ("loss_kw", "detach_beta")}.items():
-        if getattr(a, flag) is not None: kw[target] = {key: getattr(a, flag), **kw[target]}
+        if getattr(a, flag) is None: continue
+        if key in kw[target] and kw[target][key] != getattr(a, flag):  # two values for one key: say so, keep neither
+            raise ValueError(f"--{target.replace('_', '-')} {key}={kw[target][key]!r} and --{flag.replace('_', '-')} "
+                             f"{getattr(a, flag)!r} set the same key to different values; give it once")
+        kw[target] = {key: getattr(a, flag), **kw[target]}
     return TrainConfig(**kw)
 
 # %% ../nbs/05b_cli.ipynb #cfece1ad

@@ -31,12 +31,23 @@ _TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 </style>{% endblock extra_css %}
 """
 
+def _shows_nothing(cells) -> bool:
+    "Whether a `##` section's cells have code but no figure, table or text shown by it (only lines it printed, or none)."
+    code = [c for c in cells if c.cell_type == 'code']
+    return bool(code) and not any(o.output_type in ('display_data', 'execute_result') for c in code for o in c.outputs)
+
 def _for_reader(nb):
-    "A copy of notebook `nb` as a reader sees it: no parameters cells, no warnings on stderr."
+    "A copy of notebook `nb` as a reader sees it: no parameters or editor's cells, no warnings, no section with nothing to show."
     nb = nbformat.from_dict(nb)
-    nb.cells = [c for c in nb.cells if not {'parameters', 'injected-parameters'} & set(c.metadata.get('tags', []))]
+    nb.cells = [c for c in nb.cells if not {'parameters', 'injected-parameters', 'editor'} & set(c.metadata.get('tags', []))]
     for c in nb.cells:
         if c.cell_type == 'code': c.outputs = [o for o in c.outputs if not (o.output_type == 'stream' and o.name == 'stderr')]
+    sections, kept = [[]], []
+    for c in nb.cells:
+        if c.cell_type == 'markdown' and c.source.startswith('## '): sections.append([])
+        sections[-1].append(c)
+    for i, cells in enumerate(sections): kept += cells if i == 0 or not _shows_nothing(cells) else []
+    nb.cells = kept
     return nb
 
 FIGURE_ALT = {  # a report figure's file name prefix -> what it shows, for its alt text (the rest of the name: its data)

@@ -232,6 +232,7 @@ def main(argv=None):
         return TERMINATED if isinstance(e, Terminated) else INTERRUPTED
     finally:
         if main_thread: signal.signal(signal.SIGTERM, previous)
+        logging.disable(logging.NOTSET)  # `_stop_all` silenced the dying kernels' clients: a caller in this process hears its logs again
 
 def _steps(a, out:Path, configs:list[dict], launch:dict|None) -> int:
     "The steps of `main` under its lock on `out`: the plan checked, then theory, runs, benchmark and report; the exit code."
