@@ -28,6 +28,9 @@ def resolve_device(device:str="auto", local_rank:int=0) -> torch.device:
         raise ValueError(f"--device {device}: no CUDA device is available (torch.cuda.is_available() is False); use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    if dev.type not in ("cpu", "cuda"):  # mps, xla, ...: torch knows the name, this project trains on neither
+        raise ValueError(f"--device {device}: pat_nbdev trains on a CPU or CUDA GPUs; expected auto, cpu, cuda or cuda:N")
+    if dev.type == "cpu" and dev.index is not None: raise ValueError(f"--device {device}: the CPU takes no index; use --device cpu")
     return torch.device("cuda", local_rank) if dev.type == "cuda" and dev.index is None else dev
 
 # %% ../nbs/04a_device.ipynb #fdb07035

@@ -302,7 +302,7 @@ def plan_status(configs:list[dict], runs_root) -> dict:
     "Sort planned `configs` into `finished` (recorded config matches), `todo`, `stale` (out -> differences) and `foreign` (other runs)."
     status = dict(finished=[], todo=[], stale={}, foreign=[])
     for cfg in configs:
-        try: diff = config_mismatch(cfg)
+        try: diff = ["a file where the run's folder should be"] if Path(cfg['out']).is_file() else config_mismatch(cfg)
         except RunFolderError: diff = ["config.json damaged (not the JSON object pat-train writes)"]  # --overwrite sets it aside
         if diff: status['stale'][cfg['out']] = diff
         else: status['finished' if run_finished(cfg['out']) else 'todo'].append(cfg['out'])
