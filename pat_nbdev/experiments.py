@@ -20,7 +20,8 @@ __all__ = ['TABLE_MODELS', 'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS
            'BREAKDOWN', 'Run', 'Preset', 'table_runs', 'study_runs', 'plan_runs', 'run_config', 'notebook_path',
            'execute_notebook', 'run_finished', 'run_recorded', 'run_folders', 'drop_truncated_notebook',
            'portable_paths', 'execute_run', 'record_run', 'complete_records', 'code_version', 'config_mismatch',
-           'plan_status', 'set_aside_runs', 'collect_runs', 'results_table', 'provenance', 'time_breakdown']
+           'plan_status', 'set_aside_runs', 'read_history', 'collect_runs', 'results_table', 'provenance',
+           'time_breakdown']
 
 # %% ../nbs/07_experiments.ipynb #7806fdf0
 TABLE_MODELS = {1: ('segnet',), 2: ('unet', 'attunet', 'unetpp'), 3: ('segnet', 'unet')}
@@ -348,6 +349,18 @@ def _run_row(path:Path) -> dict:
                 val_miou_rare=_mean_iou(val.get('iou_per_class'), rare),
                 class_counts=json.loads(config.read_text()).get('class_counts') if config.exists() else None,
                 iou_per_class=m['test'].get('iou_per_class'), classes=m.get('classes'), class_pixel_counts=m.get('class_pixel_counts'))
+
+def read_history(run_dir) -> pd.DataFrame:
+    "A run's `history.csv`; a `ValueError` naming the file when it is not the numeric per-epoch table pat-train writes."
+    path = Path(run_dir) / 'history.csv'
+    try:
+        h = pd.read_csv(path)
+        if 'epoch' not in h or 'val_miou' not in h: raise ValueError("no epoch and val_miou columns")
+        h[['epoch', 'val_miou']] = h[['epoch', 'val_miou']].apply(pd.to_numeric, errors='raise')
+    except (OSError, ValueError, pd.errors.ParserError) as e:
+        raise ValueError(f"{path} is not the history pat-train writes ({str(e).splitlines()[0]}); "
+                         "retrain that run (delete its folder) or restore the file") from None
+    return h
 
 def collect_runs(out_root, warn=print) -> pd.DataFrame:
     "One row per finished run under `out_root` (any depth), from its `metrics.json`; unreadable ones are skipped and named."

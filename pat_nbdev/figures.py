@@ -14,7 +14,7 @@ from matplotlib.patches import Patch
 from .views import open_split
 from .data import distinct_palette, denormalize, per_image_class_counts, class_groups
 from .dataplots import colourize, plot_class_imbalance, GROUP_COLOURS
-from .experiments import METRIC_NAMES
+from .experiments import METRIC_NAMES, read_history
 
 # %% auto #0
 __all__ = ['seed_counts', 'caption', 'run_dataset', 'plot_imbalance', 'select_runs', 'per_class_iou', 'plot_iou_heatmap',
@@ -124,7 +124,7 @@ def plot_examples(df:pd.DataFrame, data_key:str, methods:list|None=None, seed:in
 def val_curves(df:pd.DataFrame, data_key:str, model:str|None=None) -> pd.DataFrame:
     "Validation mIoU per epoch (rows) of every run of `data_key` (columns: method, seed), from their `history.csv`."
     g = select_runs(df, data_key, model)
-    return pd.concat({(r.method, r.seed): pd.read_csv(Path(r.run_dir) / 'history.csv').set_index('epoch').val_miou
+    return pd.concat({(r.method, r.seed): read_history(r.run_dir).set_index('epoch').val_miou
                       for r in g.itertuples()}, axis=1)
 
 def plot_val_curves(df:pd.DataFrame, data_key:str, model:str|None=None, ax=None) -> plt.Axes:

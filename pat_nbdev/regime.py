@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
-from .experiments import METRIC_NAMES, COMMITTED_RUN_FILES, portable_paths
+from .experiments import METRIC_NAMES, COMMITTED_RUN_FILES, portable_paths, read_history
 
 # %% ../nbs/07e_regime.ipynb #08ece402
 def learning_curve(run_dir) -> pd.DataFrame:
     "Epoch, validation mIoU and cumulative core-minutes of the run in `run_dir`, from its `history.csv` and `config.json`."
     run_dir = Path(run_dir)
-    h = pd.read_csv(run_dir / 'history.csv')
+    h = read_history(run_dir)
     if 'cpu_seconds' in h and h.cpu_seconds.notna().all(): seconds = h.cpu_seconds
     else: seconds = (h.train_seconds + h.val_seconds) * (json.loads((run_dir / 'config.json').read_text()).get('threads') or 1)
     return pd.DataFrame(dict(epoch=h.epoch, val_miou=h.val_miou, core_minutes=seconds.cumsum() / 60))

@@ -27,6 +27,7 @@ def test_a_failed_rebuild_keeps_the_previous_report(study):
     assert p.returncode == 1, p.stdout[-2000:]
     failure = [l for l in p.stdout.splitlines() if 'report: FAILED' in l]
     assert len(failure) == 1 and 'Traceback' not in p.stdout + p.stderr, p.stdout[-3000:] + p.stderr[-3000:]
+    assert f"{history} is not the history pat-train writes" in failure[0], failure  # the file that made it fail
     assert snapshot(study / 'report') == before and not (study / '.report-new').exists()
 
 def test_a_stopped_rebuild_keeps_the_previous_report(study):
