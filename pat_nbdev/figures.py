@@ -18,7 +18,7 @@ from .experiments import METRIC_NAMES, read_history
 
 # %% auto #0
 __all__ = ['seed_counts', 'caption', 'run_dataset', 'plot_imbalance', 'select_runs', 'per_class_iou', 'plot_iou_heatmap',
-           'plot_examples', 'val_curves', 'plot_val_curves', 'plot_forest']
+           'plot_examples', 'val_curves', 'plot_val_curves', 'add_caption', 'plot_forest']
 
 # %% ../nbs/07c_figures.ipynb #2ddf7e95
 def seed_counts(g:pd.DataFrame) -> str:
@@ -140,6 +140,13 @@ def plot_val_curves(df:pd.DataFrame, data_key:str, model:str|None=None, ax=None)
            title=f"{data_key}, {select_runs(df, data_key, model).model.iloc[0]}: validation mIoU (mean over seeds, band: min-max)")
     ax.title.set_fontsize(9); ax.legend(fontsize=7, ncol=2, frameon=False, loc='lower right')
     return ax
+
+# %% ../nbs/07c_figures.ipynb #a3834695
+def add_caption(fig:plt.Figure, text:str, fontsize:float=7, gap:float=0.1) -> plt.Text:
+    "Write `text` under everything `fig` shows (rotated tick labels included), `gap` inches below it, wrapped to its width."
+    fig.canvas.draw()
+    lowest = fig.get_tightbbox(fig.canvas.get_renderer()).y0  # inches from the figure's bottom edge (negative: below it)
+    return fig.text(0, (lowest - gap) / fig.get_figheight(), text, fontsize=fontsize, va='top', ha='left', wrap=True)
 
 # %% ../nbs/07c_figures.ipynb #49aaf09b
 def _stands(row, m, primary_metric) -> bool:
