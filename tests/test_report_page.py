@@ -1,6 +1,6 @@
 """The report as one page: a tiny `pat-reproduce` leaves `report/index.html` and a README that links every file in the page's order;
 headless Chromium loads the page, shows every image and finds every file it links; the committed study's page is what its files build."""
-import json, os, shutil, signal, subprocess, sys, tempfile, time, urllib.request
+import json, os, re, shutil, signal, subprocess, sys, tempfile, time, urllib.request
 from fnmatch import fnmatch
 from pathlib import Path
 import pandas as pd
@@ -70,12 +70,15 @@ def browse(page:Path) -> dict:
                 time.sleep(0.1)
             ws = websocket.create_connection(targets[0]["webSocketDebuggerUrl"], timeout=30, suppress_origin=True)
             for i, method in enumerate(("Page.enable", "Runtime.enable")): ws.send(json.dumps(dict(id=i, method=method)))
+            ws.send(json.dumps(dict(id=10, method="Emulation.setDeviceMetricsOverride",  # a laptop's window: 1280 px wide
+                                    params=dict(width=1280, height=900, deviceScaleFactor=1, mobile=False))))
             ws.send(json.dumps(dict(id=2, method="Page.navigate", params=dict(url=page.as_uri()))))
             exceptions = []
             while (m := json.loads(ws.recv())).get("method") != "Page.loadEventFired":
                 if m.get("method") == "Runtime.exceptionThrown": exceptions.append(m["params"]["exceptionDetails"]["text"])
-            js = """JSON.stringify({title: document.title, ready: document.readyState,
-                images: [...document.images].map(i => ({src: i.getAttribute('src').slice(0, 80), width: i.naturalWidth})),
+            js = """JSON.stringify({title: document.title, ready: document.readyState, scroll_width: document.documentElement.scrollWidth,
+                text: document.body.innerText,
+                images: [...document.images].map(i => ({src: i.getAttribute('src').slice(0, 80), width: i.naturalWidth, alt: i.alt})),
                 refs: [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href'))
                       .concat([...document.querySelectorAll('[src]')].map(e => e.getAttribute('src')))})"""
             ws.send(json.dumps(dict(id=3, method="Runtime.evaluate", params=dict(expression=js, returnByValue=True))))
@@ -95,3 +98,14 @@ def test_page_in_a_browser(which, request):
     assert len(seen["images"]) >= 5 and all(i["width"] > 0 for i in seen["images"]), [i for i in seen["images"] if i["width"] == 0]
     relative = [r for r in seen["refs"] if not r.startswith(("#", "data:", "http:", "https:"))]
     assert relative and [r for r in relative if not (page.parent / urllib.request.url2pathname(r)).is_file()] == []
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: apt-get install -y --no-install-recommends chromium")
+def test_study_page_as_a_reader_sees_it():
+    "The CamVid study's page at 1280 px: nothing wider than the window, the forest plot first, an alt text of its own on every image."
+    page = Path(__file__).resolve().parents[1] / "reports" / "camvid-study" / "report" / "index.html"
+    seen = browse(page)
+    assert seen["scroll_width"] <= 1280, seen["scroll_width"]
+    alts = [i["alt"] for i in seen["images"]]
+    assert alts and alts[0].startswith("Forest plot of the answer"), alts[:2]
+    assert all(a and "No description" not in a for a in alts) and len(set(alts)) == len(alts), alts
+    assert not re.search(r"^No Fig\.|nothing to show|bench_dir", seen["text"], re.M), "a section says it has nothing to show"
