@@ -8,7 +8,7 @@ import json, os, queue, signal, subprocess, sys, threading, traceback
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from tqdm.auto import tqdm
-from .checkpoint import write_json
+from .checkpoint import RunFolderError, read_config, write_json
 from .eta import TimeLeft
 from .experiments import KERNEL_ARGS, drop_truncated_notebook, execute_run, run_finished
 from .losses import LOSS_NAMES
@@ -28,8 +28,8 @@ def job_slots(jobs:int=1, devices:list|None=None, runs_per_device:int=1, cores:i
 # %% ../nbs/07f_batch.ipynb #b0000009
 def _started_threads(out) -> int|None:
     "The thread count an interrupted run in folder `out` started with (its `config.json`), if it has a readable one."
-    try: return json.loads((Path(out) / 'config.json').read_text()).get('threads')
-    except (OSError, ValueError, AttributeError): return None
+    try: return read_config(Path(out) / 'config.json').get('threads')
+    except (OSError, RunFolderError): return None  # none yet, or damaged: the plan's check names a damaged one
 
 def run_env(cfg:dict, slot:dict) -> tuple[dict, dict]:
     "The run config and environment of `cfg` in `slot`: the plan's thread count, else the one it started with, else the slot's share."

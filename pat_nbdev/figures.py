@@ -15,6 +15,7 @@ from .views import open_split
 from .data import distinct_palette, denormalize, per_image_class_counts, class_groups
 from .dataplots import colourize, plot_class_imbalance, GROUP_COLOURS
 from .experiments import METRIC_NAMES, read_history
+from .stats import holm_undoes
 
 # %% auto #0
 __all__ = ['seed_counts', 'caption', 'run_dataset', 'plot_imbalance', 'select_runs', 'per_class_iou', 'plot_iou_heatmap',
@@ -149,11 +150,6 @@ def add_caption(fig:plt.Figure, text:str, fontsize:float=7, gap:float=0.1) -> pl
     return fig.text(0, (lowest - gap) / fig.get_figheight(), text, fontsize=fontsize, va='top', ha='left', wrap=True)
 
 # %% ../nbs/07c_figures.ipynb #49aaf09b
-def _stands(row, m, primary_metric) -> bool:
-    "Whether the verdict of `row` on `m` counts: a primary comparison, or one whose Holm-adjusted p is at most 0.05."
-    if m == primary_metric and row.get('primary', False): return True
-    return not (f'{m} holm' in row and row[f'{m} holm'] > 0.05)
-
 def plot_forest(pc:pd.DataFrame, metrics=('miou', 'miou_rare', 'pix_acc'), primary_metric:str='miou', title:str='') -> plt.Figure:
     "Each comparison of `pc` (rows) on each metric (panels): the paired mean difference and its 95 % interval, zero marked."
     y = np.arange(len(pc))[::-1]
@@ -162,7 +158,7 @@ def plot_forest(pc:pd.DataFrame, metrics=('miou', 'miou_rare', 'pix_acc'), prima
         for yi, (_, r) in zip(y, pc.iterrows()):
             d, lo, hi = r[f'{m} diff'], r[f'{m} low'], r[f'{m} high']
             colour = 'tab:green' if lo > 0 else 'tab:red' if hi < 0 else 'tab:gray'
-            alpha = 1.0 if _stands(r, m, primary_metric) or colour == 'tab:gray' else 0.35
+            alpha = 0.35 if holm_undoes(r, m, primary_metric) else 1.0
             if not np.isnan(lo): ax.plot([lo, hi], [yi, yi], color=colour, lw=2.2, alpha=alpha, solid_capstyle='butt')
             ax.plot(d, yi, 'o', color=colour, ms=4, alpha=alpha)
         ax.axvline(0, color='k', lw=0.8)

@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['NOISE_CHUNKS', 'LOSS_NAMES', 'PAPER_LOSSES', 'ce_loss', 'focal_loss', 'cb_class_weights', 'cb_loss', 'cbfocal_loss',
-           'median_frequency_weights', 'wce_loss', 'bms_loss', 'ldam_margins', 'ldam_loss', 'blv_noise',
-           'blv_class_scale', 'blv_loss', 'pat_beta', 'pat_loss', 'SegLoss', 'CELoss', 'FocalLoss', 'CBLoss',
-           'CBFocalLoss', 'WCELoss', 'BMSLoss', 'LDAMLoss', 'BLVLoss', 'PATLoss', 'register_loss', 'resolve_loss',
-           'get_loss', 'VARIANTS', 'check_inputs', 'inplace_backward', 'log_prob_of_target', 'batch_class_counts',
-           'pixel_loss']
+           'median_frequency_weights', 'pixels_of_images_holding', 'wce_loss', 'bms_loss', 'ldam_margins', 'ldam_loss',
+           'blv_noise', 'blv_class_scale', 'blv_loss', 'pat_beta', 'pat_loss', 'SegLoss', 'CELoss', 'FocalLoss',
+           'CBLoss', 'CBFocalLoss', 'WCELoss', 'BMSLoss', 'LDAMLoss', 'BLVLoss', 'PATLoss', 'register_loss',
+           'resolve_loss', 'get_loss', 'VARIANTS', 'check_inputs', 'inplace_backward', 'log_prob_of_target',
+           'batch_class_counts', 'pixel_loss']
 
 # %% ../nbs/02_losses.ipynb #0e469b4a
 import importlib, math, inspect, functools, traceback
@@ -101,10 +101,14 @@ def median_frequency_weights(counts:Tensor, # [C] pixels of each class
     return torch.where(present, torch.quantile(f[present], 0.5) / f.clamp_min(torch.finfo(f.dtype).tiny), 0)
 
 # %% ../nbs/02_losses.ipynb #653224c4
+def pixels_of_images_holding(per_image:Tensor) -> Tensor:
+    "[C] labelled pixels of the images in which each class appears, from per-image class counts `[N, C]` (SegNet's $P_c$)."
+    per_image = per_image.double()
+    return ((per_image > 0) * per_image.sum(1, keepdim=True)).sum(0)
+
 def _image_pixels(safe:Tensor, valid:Tensor, C:int) -> Tensor:
     "[C] labelled pixels of the batch's images in which each class appears."
-    per_image = torch.stack([torch.bincount(s[v], minlength=C)[:C] for s, v in zip(safe, valid)]).double()  # [B, C]
-    return ((per_image > 0) * per_image.sum(1, keepdim=True)).sum(0)
+    return pixels_of_images_holding(torch.stack([torch.bincount(s[v], minlength=C)[:C] for s, v in zip(safe, valid)]))
 
 @_float32_loss
 def wce_loss(logits:Tensor, target:Tensor, *, ignore_index:int=255, variant:str="authors", class_counts=None,

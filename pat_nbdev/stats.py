@@ -9,12 +9,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 from .experiments import PAPER_DIR, TAUS, METRIC_NAMES
+from .metrics import scores_from_images
 
 # %% auto #0
 __all__ = ['LOWER_IS_BETTER', 'SHORT_VERDICTS', 'PAPER_TABLES', 'seed_summary', 'mean_std_cells', 't_interval', 'paired_p',
            'verdict', 'paired_comparison', 'verdict_sentence', 'seeds_for', 'answer_sentence', 'seeds_for_range',
-           'holm', 'with_holm', 'holm_word', 'paired_cells', 'counted_sentence', 'frame_blocks', 'bootstrap_difference',
-           'paper_table', 'beside_paper']
+           'holm', 'with_holm', 'holm_undoes', 'holm_word', 'paired_cells', 'counted_sentence', 'frame_blocks',
+           'bootstrap_difference', 'paper_table', 'beside_paper']
 
 # %% ../nbs/07a_stats.ipynb #0164fa64
 def seed_summary(df:pd.DataFrame, by=('data_key', 'model', 'method'), metrics=('miou', 'miou_tail')) -> pd.DataFrame:
@@ -141,12 +142,16 @@ def with_holm(pc:pd.DataFrame, metrics, primary=(), primary_metric:str='miou') -
         pc[f'{m} family'] = int(pc.loc[secondary, f'{m} p'].notna().sum())
     return pc
 
+def holm_undoes(row, metric:str, primary_metric:str='miou') -> bool:
+    "Whether Holm's correction undoes the gain or loss `row` shows on `metric`: a secondary comparison whose adjusted p exceeds 0.05."
+    if metric == primary_metric and row.get('primary', False): return False  # a primary comparison stands on its own p
+    return row[f'{metric} verdict'] in ('gain', 'loss') and f'{metric} holm' in row and row[f'{metric} holm'] > 0.05
+
 def holm_word(row, metric:str, primary_metric:str='miou') -> str:
     "The verdict of `row` on `metric` once the comparisons are counted: primary, standing after Holm, or not surviving it."
     v = row[f'{metric} verdict']
     if metric == primary_metric and row.get('primary', False): return f"{v} (primary)"
-    if v not in ('gain', 'loss'): return v
-    return v if row[f'{metric} holm'] <= 0.05 else f"{v}, not after Holm"
+    return f"{v}, not after Holm" if holm_undoes(row, metric, primary_metric) else v
 
 # %% ../nbs/07a_stats.ipynb #2e7505b2
 SHORT_VERDICTS = {'gain': 'ahead', 'loss': 'behind', 'within the spread': 'cannot tell', 'one seed: no interval': 'one seed',
@@ -161,10 +166,8 @@ def paired_cells(pc:pd.DataFrame, metrics, digits:int=1, primary_metric:str='mio
         for m in metrics:
             d, lo, hi = r[f'{m} diff'], r[f'{m} low'], r[f'{m} high']
             interval = '' if pd.isna(lo) else f" [{lo:+.{digits}f}, {hi:+.{digits}f}]"
-            primary = r.get('primary', False) and m == primary_metric  # a primary row is primary on that metric only
-            undone = f'{m} holm' in r and r[f'{m} verdict'] in ('gain', 'loss') and not primary and r[f'{m} holm'] > 0.05
             number = '' if pd.isna(d) else f"{d:+.{digits}f}{interval} "
-            row[METRIC_NAMES.get(m, m)] = number + SHORT_VERDICTS[r[f'{m} verdict']] + '†' * undone
+            row[METRIC_NAMES.get(m, m)] = number + SHORT_VERDICTS[r[f'{m} verdict']] + '†' * holm_undoes(r, m, primary_metric)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -174,7 +177,7 @@ def counted_sentence(row, metric:str='miou', reference:str='PAT', primary_metric
     s = verdict_sentence(row, metric, reference)
     if metric == primary_metric and row.get('primary', False): return f"{s[:-1]}; a primary comparison, named before the runs."
     if row[f'{metric} verdict'] not in ('gain', 'loss') or pd.isna(row.get(f'{metric} holm', np.nan)): return s
-    stands = 'it stands' if row[f'{metric} holm'] <= 0.05 else 'it does not survive the correction'
+    stands = 'it does not survive the correction' if holm_undoes(row, metric, primary_metric) else 'it stands'
     holm_p, family = row[f'{metric} holm'], row[f'{metric} family']
     return f"{s[:-1]}; Holm-adjusted p = {holm_p:.3f} over the {family} comparisons of its family: {stands}."
 
@@ -189,12 +192,8 @@ def frame_blocks(names, size:int=10) -> np.ndarray:
     return np.unique(keys, return_inverse=True)[1]
 
 def _score(run:dict, images:np.ndarray, metric:str, groups:dict|None) -> float:
-    "One metric of a run's `per_image` arrays, summed over `images` (indices, repeats allowed)."
-    i, u = run['intersection'][images].sum(0).astype(float), run['union'][images].sum(0).astype(float)
-    if metric == 'pix_acc': return 100 * i.sum() / run['labelled'][images].sum()
-    classes = list(range(len(i))) if metric == 'miou' else list(groups[metric.removeprefix('miou_')])
-    iou = np.divide(i[classes], u[classes], out=np.full(len(classes), np.nan), where=u[classes] > 0)
-    return 100 * np.nanmean(iou) if np.isfinite(iou).any() else np.nan
+    "One metric of a run's `per_image` arrays, summed over `images` (indices, repeats allowed): `scores_from_images`."
+    return scores_from_images(*(run[k][images] for k in ('intersection', 'union', 'labelled')), groups)[metric]
 
 def bootstrap_difference(reference:list, # per seed, the reference run's `per_image` arrays (dicts of intersection, union, labelled)
                          baseline:list, # the baseline's, the same seeds in the same order

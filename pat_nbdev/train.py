@@ -22,7 +22,7 @@ from .data import DATASET_NAMES, LOADERS, class_groups, per_image_class_counts
 from .synthetic import SyntheticLongTail
 from .views import open_split, RandomCrop
 from .models import get_model, MODEL_NAMES
-from .losses import get_loss, resolve_loss
+from .losses import get_loss, resolve_loss, pixels_of_images_holding
 from .metrics import ConfusionMatrix, image_scores
 from .checkpoint import *
 from .device import *
@@ -151,7 +151,7 @@ def _build_data(self:Trainer):
     self.image_shape = tuple(self.sets["val"][0][0].shape)  # channels, height, width: what the model is evaluated on
     per_image = per_image_class_counts(train_set, self.n_classes, self.ignore_index)  # [N, C]
     self.counts = per_image.sum(0)
-    self.image_pixels = ((per_image > 0) * per_image.sum(1, keepdim=True)).sum(0)  # of the images holding each class (weighted CE)
+    self.image_pixels = pixels_of_images_holding(per_image)  # weighted CE's P_c
     self.groups = class_groups(self.counts)
     if cfg.crop:
         if cfg.crop[0] > self.image_shape[1] or cfg.crop[1] > self.image_shape[2]:
