@@ -194,6 +194,10 @@ def _stop_all():
 def _on_sigterm(signum, frame):
     _stop_all(); raise Terminated()
 
+def _on_sigint(signum, frame):
+    "Ctrl-C: the kernels end before papermill's clean-up closes their sockets under a running cell (a zmq traceback on stderr)."
+    _stop_all(); raise KeyboardInterrupt()
+
 # %% ../nbs/08_reproduce.ipynb #2b310fa4
 def main(argv=None):
     "`pat-reproduce`: runs, report, theory figures and the loss benchmark under `--out`."
@@ -221,6 +225,8 @@ def main(argv=None):
         return 0
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    # Ctrl-C's own handler only where Python's is in place (a shell's background job ignores SIGINT: it stays ignored)
+    previous_int = signal.signal(signal.SIGINT, _on_sigint) if main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
     try:
         with FolderLock(out, f"pat-reproduce --preset {a.preset}"): return _steps(a, out, configs, launch)
     except (PlanError, FolderLockedError) as e: p.exit(2, f"pat-reproduce: error: {e}\n")
@@ -232,6 +238,7 @@ def main(argv=None):
         return TERMINATED if isinstance(e, Terminated) else INTERRUPTED
     finally:
         if main_thread: signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None: signal.signal(signal.SIGINT, previous_int)
         logging.disable(logging.NOTSET)  # `_stop_all` silenced the dying kernels' clients: a caller in this process hears its logs again
 
 def _steps(a, out:Path, configs:list[dict], launch:dict|None) -> int:
