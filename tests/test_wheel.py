@@ -28,6 +28,9 @@ def test_wheel_holds_the_notebooks(installed):
     pkg = installed / "site" / "pat_nbdev"
     assert {p.name for p in (pkg / "notebooks").iterdir()} == {"train_run.ipynb", "report.ipynb", "03_theory.ipynb"}
     assert (pkg / "paper" / "table1_segnet.csv").exists()
+    code = "import sys, pat_nbdev.datacli as d; print(len(d.read_manifest('vocalfolds')))"  # the manifest `pat-data download` checks against
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=installed, env={**os.environ, "PYTHONPATH": str(installed / "site")})
+    assert (pkg / "manifests" / "vocalfolds.sha256").exists() and p.stdout.split() == ["1075"], p.stderr[-2000:]
 
 def test_reproduce_dry_run_outside_the_checkout(installed):
     p = reproduce(installed / "site", installed, "--preset", "tiny", "--dry-run", "--out", str(installed / "out"))
