@@ -15,8 +15,8 @@ __all__ = ['GROUP_COLOURS', 'plot_class_imbalance', 'colourize', 'show_examples'
 # %% ../nbs/00d_dataplots.ipynb #dd9f0b58
 GROUP_COLOURS = {'head': '#1f77b4', 'body': '#ff7f0e', 'tail': '#d62728'}
 
-def plot_class_imbalance(dataset, ax=None, counts=None, presence=None, title:str|None=None):
-    "Fig. 2 for `dataset`: pixel share per class (bars, log scale) and presence (dots), most frequent first."
+def plot_class_imbalance(dataset, ax=None, counts=None, presence=None, title:str|None=None, class_names=None):
+    "Fig. 2 for `dataset` (or recorded `counts`, `presence`, `class_names` and `title`): pixel share (bars, log scale), presence (dots)."
     import matplotlib.pyplot as plt
     if counts is None or presence is None:
         per_image = per_image_class_counts(dataset)
@@ -32,7 +32,8 @@ def plot_class_imbalance(dataset, ax=None, counts=None, presence=None, title:str
     if absent: ax.plot(absent, [floor * 1.5] * len(absent), 'x', color=GROUP_COLOURS['tail'], label='no pixel')
     ax.plot(range(len(order)), 100 * torch.as_tensor(presence)[order], 'k.', label='images with it (%)')
     ax.set_yscale('log'); ax.set_ylim(floor, 1000); ax.set_ylabel('% of pixels (bars) / images (dots)')
-    ax.set_xticks(range(len(order)), [dataset.class_names[c] for c in order], rotation=70, fontsize=8)
+    names = dataset.class_names if class_names is None else class_names
+    ax.set_xticks(range(len(order)), [names[c] for c in order], rotation=70, fontsize=8)
     ax.set_title(title or f"{getattr(dataset, 'name', '')} {getattr(dataset, 'split', '')}: {len(dataset)} images", fontsize=9)
     ax.legend(fontsize=7, ncol=3 if len(order) > 8 else 2, loc='upper right', frameon=False)
     return ax

@@ -348,7 +348,8 @@ def _run_row(path:Path) -> dict:
                 **{f'val_{k}': val.get(k) for k in ('miou', 'pix_acc', 'miou_tail')},
                 val_miou_rare=_mean_iou(val.get('iou_per_class'), rare),
                 class_counts=json.loads(config.read_text()).get('class_counts') if config.exists() else None,
-                iou_per_class=m['test'].get('iou_per_class'), classes=m.get('classes'), class_pixel_counts=m.get('class_pixel_counts'))
+                iou_per_class=m['test'].get('iou_per_class'), classes=m.get('classes'), class_pixel_counts=m.get('class_pixel_counts'),
+                class_image_counts=m.get('class_image_counts'))
 
 def read_history(run_dir) -> pd.DataFrame:
     "A run's `history.csv`; a `ValueError` naming the file when it is not the numeric per-epoch table pat-train writes."

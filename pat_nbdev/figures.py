@@ -15,11 +15,12 @@ from .views import open_split
 from .data import distinct_palette, denormalize, per_image_class_counts, class_groups
 from .dataplots import colourize, plot_class_imbalance, GROUP_COLOURS
 from .experiments import METRIC_NAMES, read_history
+from .runfiles import read_examples
 from .stats import holm_undoes
 
 # %% auto #0
-__all__ = ['seed_counts', 'caption', 'run_dataset', 'plot_imbalance', 'select_runs', 'per_class_iou', 'plot_iou_heatmap',
-           'plot_examples', 'val_curves', 'plot_val_curves', 'add_caption', 'plot_forest']
+__all__ = ['seed_counts', 'caption', 'run_dataset', 'training_classes', 'plot_imbalance', 'select_runs', 'per_class_iou',
+           'plot_iou_heatmap', 'plot_examples', 'val_curves', 'plot_val_curves', 'add_caption', 'plot_forest']
 
 # %% ../nbs/07c_figures.ipynb #2ddf7e95
 def seed_counts(g:pd.DataFrame) -> str:
@@ -48,15 +49,21 @@ def run_dataset(run_dir, split:str='train'):
     near = lambda p: p if p is None or Path(p).is_absolute() else str(Path(run_dir) / p)  # a finished run records them relative to itself
     return open_split(cfg['dataset'], near(cfg.get('root')), split, cfg.get('data_kw'), near(cfg.get('cache')), progress=False)
 
+def training_classes(r) -> tuple:
+    "`(class names, pixels per class, images holding each class, training images)` of run row `r`: recorded, else re-read from the data."
+    if isinstance(r.get('class_image_counts'), list): return r.classes, r.class_pixel_counts, r.class_image_counts, r.train_images
+    ds = run_dataset(r.run_dir)
+    per_image = per_image_class_counts(ds)
+    return list(ds.class_names), per_image.sum(0), (per_image > 0).sum(0), len(ds)
+
 def plot_imbalance(df:pd.DataFrame) -> plt.Figure:
     "Fig. 2: pixel share (bars, log scale) and presence (dots) per class of each dataset's training split, head/body/tail coloured."
     keys = list(dict.fromkeys(df.data_key))
-    sets = {k: run_dataset(df[df.data_key == k].run_dir.iloc[0]) for k in keys}
-    fig, axes = plt.subplots(1, len(keys), figsize=(sum(max(3.5, 1.2 + 0.3 * s.n_classes) for s in sets.values()), 3.4), squeeze=False)
-    for ax, (k, ds) in zip(axes[0], sets.items()):
-        per_image = per_image_class_counts(ds)
-        plot_class_imbalance(ds, ax, counts=per_image.sum(0), presence=(per_image > 0).float().mean(0),
-                             title=f"{k}: train, {len(ds)} images")
+    sets = {k: training_classes(df[df.data_key == k].iloc[0]) for k in keys}
+    fig, axes = plt.subplots(1, len(keys), figsize=(sum(max(3.5, 1.2 + 0.3 * len(s[0])) for s in sets.values()), 3.4), squeeze=False)
+    for ax, (k, (names, pixels, images, n)) in zip(axes[0], sets.items()):
+        plot_class_imbalance(None, ax, counts=pixels, presence=torch.as_tensor(images, dtype=torch.float64) / n,
+                             title=f"{k}: train, {n} images", class_names=names)
     fig.tight_layout()
     return fig
 
@@ -98,26 +105,28 @@ def plot_examples(df:pd.DataFrame, data_key:str, methods:list|None=None, seed:in
     g = g[g.seed == seed].drop_duplicates('method').set_index('method')
     methods = [m for m in (methods or list(g.index)) if m in g.index and (Path(g.run_dir[m]) / 'examples.npz').exists()]
     if not methods: print(f"{data_key}: no seed-{seed} run kept example predictions (examples.npz): no figure"); return None
-    preds = {}
-    for m in methods:
-        with np.load(Path(g.run_dir[m]) / 'examples.npz') as f: preds[m] = dict(index=f['index'], pred=f['pred'])
-    idx = list(preds[methods[0]]['index'])[:n]
-    test = run_dataset(g.run_dir[methods[0]], 'test')
-    pal = getattr(test, 'palette', None)
-    pal = distinct_palette(test.n_classes) if pal is None else pal
-    items = [test[i] for i in idx]
+    preds = {m: read_examples(Path(g.run_dir[m]) / 'examples.npz') for m in methods}
+    first = preds[methods[0]]
+    idx = list(first['index'])[:n]
+    if 'image' in first: items, names = list(zip(first['image'], map(torch.from_numpy, first['label'].astype(np.int64)))), g.classes.iloc[0]
+    else:  # a run made before runs kept their images: the dataset's test split
+        test = run_dataset(g.run_dir[methods[0]], 'test')
+        items, names = [(denormalize(x), y) for x, y in (test[i] for i in idx)], list(test.class_names)
+        first.setdefault('palette', getattr(test, 'palette', None))
+    pal = first.get('palette')
+    pal = distinct_palette(len(names)) if pal is None else pal
     h, w = items[0][1].shape
     col = min(1.6 * w / h, 13 / (2 + len(methods)))  # inches per panel: at most 13 in wide in all, shown at display resolution
     fig, axes = plt.subplots(len(idx), 2 + len(methods), figsize=((2 + len(methods)) * col, len(idx) * col * h / w + 0.6), squeeze=False)
     for r, (x, y) in enumerate(items):
-        panels = [denormalize(x), colourize(y, pal, test.ignore_index)] + [
+        panels = [x, colourize(y, pal)] + [
             colourize(torch.from_numpy(preds[m]['pred'][r].astype(np.int64)), pal) for m in methods]
         for c, img in enumerate(panels):
             axes[r, c].imshow(img, interpolation='nearest'); axes[r, c].set_xticks([]); axes[r, c].set_yticks([])
         axes[r, 0].set_ylabel(f"test #{idx[r]}", fontsize=7)
     for c, t in enumerate(['image', 'label'] + methods): axes[0, c].set_title(t, fontsize=8)
-    fig.legend([Patch(color=pal[c] / 255) for c in range(test.n_classes)], list(test.class_names), loc='lower center',
-               ncol=min(test.n_classes, 11), fontsize=6, frameon=False)
+    fig.legend([Patch(color=pal[c] / 255) for c in range(len(names))], list(names), loc='lower center',
+               ncol=min(len(names), 11), fontsize=6, frameon=False)
     fig.subplots_adjust(wspace=0.03, hspace=0.05, bottom=0.6 / (len(idx) * col * h / w + 0.6) + 0.02)
     return fig
 

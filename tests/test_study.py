@@ -54,4 +54,10 @@ def test_report_rebuilds_from_the_committed_files_alone(runs, tmp_path):
     assert (report / 'methods_camvid_unet.md').exists() and (report / 'runs.csv').exists()
     answers = [l for l in (report / 'answer.md').read_text().splitlines() if l.startswith('- camvid, unet: PAT')]
     assert len(answers) == 2 and all(' ce ' in l for l in answers), answers  # the headline: each PAT against CE
+    # whole without the data: every figure of the committed report drawn anew (Fig. 2 from the recorded counts, Figs. 4-5
+    # from the images the runs keep), none merely kept from before, and the README lists each
+    assert sorted(f.name for f in report.glob('*.png')) == sorted(f.name for f in (STUDY / 'report').glob('*.png'))
+    assert 'kept from the previous report' not in p.stdout
+    readme = (report / 'README.md').read_text()
+    assert '[fig2_imbalance.png]' in readme and '[fig45_examples_camvid_unet.png]' in readme
     assert 'Traceback' not in p.stdout + p.stderr
