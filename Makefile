@@ -8,7 +8,10 @@ BIN    := $(VENV)/bin
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: install prepare test sync-check nbtest pytest reproduce bench notebooks lab readme lock clean clean-runs
+.PHONY: help install prepare test sync-check nbtest pytest reproduce bench notebooks lab readme lock clean clean-runs
+
+help:  ## this list: every target with its comment
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | awk -F'\t' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 install: $(VENV)/.installed  ## create .venv with the pinned dependency set and the package (editable)
 
@@ -65,5 +68,5 @@ lock:  ## refresh requirements.lock from the current .venv
 clean:  ## build leftovers only; runs/ stays (see clean-runs)
 	rm -rf _proc _docs .pytest_cache build
 
-clean-runs:  ## delete runs/, every result of make reproduce (rebuilding them takes about 24 minutes)
+clean-runs:  ## delete runs/, every result of make reproduce (the next one rebuilds them all)
 	rm -rf runs

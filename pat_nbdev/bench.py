@@ -20,7 +20,7 @@ from .losses import get_loss, LOSS_NAMES, PAPER_LOSSES, VARIANTS
 from .reference import AUTHORS_LOSSES, onehot  # the authors' code, transcribed (02a_reference)
 from .data import get_dataset
 from .models import get_model, MODEL_NAMES
-from .train import default_preset
+from .train import TrainConfig, default_preset
 from .argtypes import positive_int, image_size, describe, exit_status_epilog, INTERRUPTED
 from .device import resolve_device, reset_peak_memory, peak_memory_mib, autocast_dtype, needs_grad_scaler, now, seconds_per_call
 
@@ -173,7 +173,7 @@ def _parser() -> tuple:
     t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help=describe("--amp", "default: on for CUDA"))
     for q_ in (q, t):
         q_.add_argument("--threads", type=positive_int, default=None, help=describe("--threads", "default: torch's choice"))
-        q_.add_argument("--device", default="cpu", help=describe("--device", "default cpu"))
+        q_.add_argument("--device", default=TrainConfig.device, help=describe("--device", f"default {TrainConfig.device}: CUDA when available"))
         q_.add_argument("--out", default="runs/bench", help=describe("--out", "the CSV goes there; default runs/bench"))
     return p, sub.choices
 

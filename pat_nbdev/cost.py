@@ -11,6 +11,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 from .models import get_model, MODEL_NAMES
 from .experiments import plan_runs
+from .data import split_counts
 
 # %% auto #0
 __all__ = ['DATASETS', 'FLOP_FORMULAS', 'H100_SXM_TFLOPS', 'ASSUMED_FRACTION', 'split_sizes', 'module_flops', 'flops_per_image',
@@ -32,9 +33,8 @@ def split_sizes(pool:int,             # images in the dataset's pool
                 drop_last:bool=True,  # the trainer drops the last incomplete training batch
                ) -> dict:
     "Images per pass of each split of the `paper` split of a `pool`: train (per epoch), val, test."
-    k = pool // 10
-    train = pool - 2 * k
-    return dict(train=train // batch_size * batch_size if drop_last else train, val=k, test=k)
+    c = split_counts(pool)  # the loaders' own rule (00_data)
+    return {**c, 'train': c['train'] // batch_size * batch_size if drop_last else c['train']}
 
 # %% ../nbs/06a_cost.ipynb #2245ac5e
 def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,

@@ -20,10 +20,10 @@ from .classstats import *
 # %% auto #0
 __all__ = ['NYUV2_CLASSES', 'CAMVID_CLASSES', 'CAMVID_PALETTE', 'VOCALFOLDS_CLASSES', 'VOCALFOLDS_PALETTE',
            'VOCALFOLDS_SEQUENCES', 'VOCALFOLDS_SPLIT', 'DATASET_NAMES', 'LOADERS', 'open_image', 'rgb_array',
-           'decode_rgb', 'label_lut', 'check_labels', 'label_array', 'decode_label', 'seeded_order', 'split_indices',
-           'SegDataset', 'OxfordPet', 'cityscapes_table', 'Cityscapes', 'load_npy', 'decode_rgb_array', 'NYUv2',
-           'write_nyuv2_like', 'CamVid', 'VocalFolds', 'get_dataset', 'images_per_second', 'SPLITS', 'IGNORE_INDEX',
-           'IMAGENET_MEAN', 'IMAGENET_STD', 'check_choice', 'as_size', 'normalize_hwc', 'denormalize',
+           'decode_rgb', 'label_lut', 'check_labels', 'label_array', 'decode_label', 'seeded_order', 'split_counts',
+           'split_indices', 'SegDataset', 'OxfordPet', 'cityscapes_table', 'Cityscapes', 'load_npy', 'decode_rgb_array',
+           'NYUv2', 'write_nyuv2_like', 'CamVid', 'VocalFolds', 'get_dataset', 'images_per_second', 'SPLITS',
+           'IGNORE_INDEX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'check_choice', 'as_size', 'normalize_hwc', 'denormalize',
            'distinct_palette', 'per_image_class_counts', 'class_pixel_counts', 'class_presence', 'class_groups',
            'RARE_SHARE', 'rare_classes']
 
@@ -86,11 +86,14 @@ def seeded_order(keys:list, seed:int=0) -> list[int]:
     "Indices of `keys` sorted by SHA-256 of `f'{seed}:{key}'`: a permutation every machine agrees on."
     return sorted(range(len(keys)), key=lambda i: hashlib.sha256(f"{seed}:{keys[i]}".encode()).digest())
 
+def split_counts(n:int) -> dict:
+    "Images of each part of the paper's split of `n`: with k = n // 10, `val` and `test` k each, `train` the rest (80 %)."
+    return dict(train=n - 2 * (n // 10), val=n // 10, test=n // 10)
+
 def split_indices(keys:list, split:str, seed:int=0) -> list[int]:
     "Sorted indices of `keys` in `split`: 'train' (80 %), 'val' (10 %), 'test' (10 %) of the seeded order, or 'all'."
-    order, n = seeded_order(keys, seed), len(keys)
-    k = n // 10
-    cut = dict(train=order[:n - 2*k], val=order[n - 2*k:n - k], test=order[n - k:], all=order)
+    order, c = seeded_order(keys, seed), split_counts(len(keys))
+    cut = dict(train=order[:c['train']], val=order[c['train']:c['train'] + c['val']], test=order[c['train'] + c['val']:], all=order)
     return sorted(cut[check_choice(split, SPLITS, 'split')])
 
 # %% ../nbs/00_data.ipynb #c5d7b6c4

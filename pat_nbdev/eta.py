@@ -14,8 +14,8 @@ from .models import get_model
 from .train import SPLITS, TINY_RUN, default_preset
 
 # %% auto #0
-__all__ = ['REFERENCE', 'duration', 'split_sizes', 'run_seconds', 'step_seconds', 'makespan', 'run_estimates', 'machine_factor',
-           'job_estimate', 'describe_estimate', 'TimeLeft']
+__all__ = ['REFERENCE', 'duration', 'run_data_sizes', 'run_seconds', 'step_seconds', 'makespan', 'run_estimates',
+           'machine_factor', 'job_estimate', 'describe_estimate', 'TimeLeft']
 
 # %% ../nbs/07g_eta.ipynb #e7a00006
 def duration(seconds:float) -> str:
@@ -26,7 +26,7 @@ def duration(seconds:float) -> str:
     return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 # %% ../nbs/07g_eta.ipynb #e7a00009
-def split_sizes(cfg:dict) -> dict:
+def run_data_sizes(cfg:dict) -> dict:
     "Images in each split, classes, and the (channels, H, W) a run of config `cfg` evaluates on; one image decoded."
     sets = {s: get_dataset(cfg['dataset'], cfg.get('root'), s, **(cfg.get('data_kw') or {})) for s in SPLITS}
     return dict(n={s: len(d) for s, d in sets.items()}, n_classes=sets['train'].n_classes, image=tuple(sets['val'][0][0].shape),
@@ -34,7 +34,7 @@ def split_sizes(cfg:dict) -> dict:
 
 # %% ../nbs/07g_eta.ipynb #e7a00011
 def run_seconds(cfg:dict, sizes:dict, speed:dict, overhead:float=1.2) -> float:
-    "Expected seconds of run `cfg` on data of `sizes` (`split_sizes`) at `speed` (`step_seconds`: train, eval, item)."
+    "Expected seconds of run `cfg` on data of `sizes` (`run_data_sizes`) at `speed` (`step_seconds`: train, eval, item)."
     b = cfg.get('batch_size', 8)
     steps, _ = epoch_size(sizes['n']['train'], b, 1, cfg.get('max_steps'))
     batches = lambda s: min(math.ceil(sizes['n'][s] / b), cfg.get('max_eval_steps') or math.inf)
@@ -89,7 +89,7 @@ def run_estimates(configs:list[dict]) -> dict:
     out = {}
     for _, group in groupby(sorted(configs, key=key), key=key):
         group = list(group)
-        sizes = split_sizes(group[0]); speed = step_seconds(group[0], sizes)
+        sizes = run_data_sizes(group[0]); speed = step_seconds(group[0], sizes)
         out.update({c['out']: run_seconds(c, sizes, speed) for c in group})
     return out
 
@@ -98,7 +98,7 @@ REFERENCE = dict(probe=0.020, theory=14.5, bench=5.0, report=42.0)  # seconds on
 
 def machine_factor(repeats:int=3, calls:int=5) -> float:
     "How many times longer this machine takes than the reference machine on the probe (one thread; the fastest of `repeats`)."
-    sizes = split_sizes(TINY_RUN)  # a busy moment only makes a timing longer: the fastest is the machine's own
+    sizes = run_data_sizes(TINY_RUN)  # a busy moment only makes a timing longer: the fastest is the machine's own
     probe = min(step_seconds({**TINY_RUN, 'threads': 1}, sizes, calls)['train'] for _ in range(repeats))
     return probe / REFERENCE['probe']
 

@@ -45,8 +45,17 @@ def make_dry_run(target):
     if shutil.which("make") is None: pytest.skip("make is not installed")
     return subprocess.run(["make", "-n", "--no-print-directory", target], cwd=REPO, capture_output=True, text=True, check=True).stdout
 
+def test_make_help_lists_every_target_with_its_comment():
+    "`make help` (and a bare `make`) prints each target the Makefile documents with `##`, that comment beside it."
+    if shutil.which("make") is None: pytest.skip("make is not installed")
+    documented = re.findall(r"^([a-z-]+):.*## (.*)$", (REPO / "Makefile").read_text(), flags=re.M)
+    for argv in (["make", "--no-print-directory", "help"], ["make", "--no-print-directory"]):
+        out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
+        assert [l.split()[1] for l in out] == [t for t, _ in documented] and all(c in l for l, (_, c) in zip(out, documented)), out
+    assert {"install", "test", "reproduce", "help"} <= {t for t, _ in documented}
+
 def test_make_clean_keeps_runs():
-    "`make clean` used to delete runs/ (24 minutes of `make reproduce`); only `make clean-runs` does."
+    "`make clean` used to delete runs/ (all of `make reproduce`'s results); only `make clean-runs` does."
     assert "runs" not in make_dry_run("clean").split()
     assert make_dry_run("clean-runs").split() == ["rm", "-rf", "runs"]
 
