@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 from .models import get_model, MODEL_NAMES
-from .experiments import plan_runs
+from .plan import plan_runs
 from .data import split_counts
 
 # %% auto #0

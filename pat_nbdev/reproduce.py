@@ -10,7 +10,7 @@ from .argtypes import positive_int, name_path, device_list, describe, exit_statu
 from .checkpoint import FolderLock, FolderLockedError, RunFolderError, check_writable
 from .losses import LOSS_NAMES, resolve_loss
 from .experiments import *
-from .experiments import PRESETS, TABLE_MODELS
+from .plan import PRESETS, TABLE_MODELS
 from .batch import job_slots, run_batch, run_env, stop_runs
 from .eta import describe_estimate, job_estimate
 from .page import write_report_page
