@@ -5,6 +5,7 @@
 # %% ../nbs/08_reproduce.ipynb #1e285f3e
 from __future__ import annotations
 import argparse, logging, os, shutil, signal, sys, threading, time, traceback
+from dataclasses import dataclass
 from pathlib import Path
 from .argtypes import positive_int, name_path, device_list, describe, exit_status_epilog, INTERRUPTED, TERMINATED
 from .checkpoint import FolderLock, FolderLockedError, RunFolderError, check_writable
@@ -17,7 +18,7 @@ from .page import write_report_page
 
 # %% auto #0
 __all__ = ['STEPS', 'THEORY_FIGURES', 'NEEDS_IMAGES', 'BENCH_SHAPE', 'OUTPUTS', 'reproduce_parser', 'plan', 'PlanError',
-           'plan_refusal', 'check_plan', 'build_report', 'announce_estimate', 'Terminated', 'main']
+           'plan_refusal', 'check_plan', 'build_report', 'announce_estimate', 'StepOutcome', 'Terminated', 'main']
 
 # %% ../nbs/08_reproduce.ipynb #d41899fc
 def _has_gpu() -> bool:
@@ -152,16 +153,25 @@ def _slots(a:argparse.Namespace) -> list[dict]|None:
     in_process = a.engine == 'inprocess' and jobs == 1 and not a.devices  # else each run in its own process, its output in run.log
     return None if in_process else job_slots(jobs, a.devices, a.runs_per_device)
 
+@dataclass(frozen=True)
+class StepOutcome:
+    "How a step of `pat-reproduce` ended: `ok`, and the line that says so (its `str`)."
+    ok: bool
+    text: str
+    def __str__(self): return self.text
+
+def _failed(text:str) -> StepOutcome: return StepOutcome(False, f"FAILED: {text}")
+
 def _step(name, fn, log):
     t0 = time.perf_counter(); print(f"== {name}", flush=True)
     from pat_nbdev.launch import SubmissionRefused
-    try: fn(); log[name] = f"ok ({time.perf_counter() - t0:.0f} s)"
+    try: fn(); log[name] = StepOutcome(True, f"ok ({time.perf_counter() - t0:.0f} s)")
     except SubmissionRefused as e: raise SystemExit(f"pat-reproduce: {e}") from None  # sbatch said no: its reason, no later step
     except Exception as e:
         if hasattr(e, 'ename'):  # a notebook cell failed: its error in one line; the executed notebook keeps the traceback
             first = str(e.evalue).splitlines()[0] if e.evalue else ''
-            log[name] = f"FAILED: {e.ename}: {first} (the executed notebook under notebooks/ has the rest)"
-        else: log[name] = f"FAILED: {type(e).__name__}: {e}"; traceback.print_exc()
+            log[name] = _failed(f"{e.ename}: {first} (the executed notebook under notebooks/ has the rest)")
+        else: log[name] = _failed(f"{type(e).__name__}: {e}"); traceback.print_exc()
     print(f"   {name}: {log[name]}", flush=True)
 
 BENCH_SHAPE = (4, 20, 128, 256)  # logits of the loss benchmark in pat-reproduce: Fig. 6's cost panel (pat-bench losses for the full size)
@@ -272,7 +282,7 @@ def _steps(a, out:Path, configs:list[dict], launch:dict|None) -> int:
         bench_args = ['losses', '--out', str(out / 'bench'), '--shape', *map(str, BENCH_SHAPE), '--repeats', '5']
         _step('bench', lambda: bench.main(bench_args), log)
     if 'report' not in skip and collect_runs(out / 'runs', warn=lambda m: None).empty:
-        print(f"report: no finished run under {out / 'runs'}, nothing to report"); log['report'] = 'FAILED: no finished run'
+        print(f"report: no finished run under {out / 'runs'}, nothing to report"); log['report'] = _failed('no finished run')
     elif 'report' not in skip:
         params = dict(runs_dir=str(out / 'runs'), tables=[] if preset.methods else list(a.tables),
                       preset_description=preset.description, bench_dir=str(out / 'bench'))
@@ -282,4 +292,4 @@ def _steps(a, out:Path, configs:list[dict], launch:dict|None) -> int:
     print(f"\nOutputs under {out}:", *[f"  {k + '/':<11} {v}" for k, v in OUTPUTS.items() if (out / k).exists()], sep='\n')
     if failed: print(f"{len(failed)} run(s) failed, see {out / 'runs' / 'failures.json'}:",
                      *[f"  {k}: {v}" for k, v in failed.items()], sep='\n')
-    return 1 if failed or any(str(v).startswith('FAILED') for v in log.values()) else 0
+    return 1 if failed or any(isinstance(v, StepOutcome) and not v.ok for v in log.values()) else 0
