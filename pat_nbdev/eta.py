@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .data import get_dataset
 from .device import epoch_size, now, resolve_device
 from .models import get_model
-from .train import SPLITS, TINY_RUN, default_preset
+from .train import RUN_SPLITS, TINY_RUN, default_preset
 
 # %% auto #0
 __all__ = ['REFERENCE', 'duration', 'run_data_sizes', 'run_seconds', 'step_seconds', 'makespan', 'run_estimates',
@@ -28,7 +28,7 @@ def duration(seconds:float) -> str:
 # %% ../nbs/07g_eta.ipynb #e7a00009
 def run_data_sizes(cfg:dict) -> dict:
     "Images in each split, classes, and the (channels, H, W) a run of config `cfg` evaluates on; one image decoded."
-    sets = {s: get_dataset(cfg['dataset'], cfg.get('root'), s, **(cfg.get('data_kw') or {})) for s in SPLITS}
+    sets = {s: get_dataset(cfg['dataset'], cfg.get('root'), s, **(cfg.get('data_kw') or {})) for s in RUN_SPLITS}
     return dict(n={s: len(d) for s, d in sets.items()}, n_classes=sets['train'].n_classes, image=tuple(sets['val'][0][0].shape),
                 drawn=not getattr(sets['train'], 'cacheable', False))  # drawn on the fly (synthetic), not read from the cache
 
