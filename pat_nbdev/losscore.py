@@ -26,7 +26,7 @@ def check_inputs(logits:Tensor, # [B, C, H, W] raw scores, any float dtype
     B, C, H, W = logits.shape
     if not isinstance(target, Tensor) or target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         got = getattr(target, 'dtype', type(target).__name__)
-        raise ValueError(f"target must be an integer tensor [B, H, W] of class indices, got {got}")
+        raise ValueError(f"target must be an integer tensor [B, H, W] of class indices (int64, or another integer type), got {got}")
     if tuple(target.shape) != (B, H, W):
         raise ValueError(f"target must have shape [B, H, W] = {[B, H, W]} to match logits {list(logits.shape)}, got {list(target.shape)}")
     if target.device != logits.device: raise ValueError(f"target on {target.device} but logits on {logits.device}: expected one device")

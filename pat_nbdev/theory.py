@@ -9,21 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from .losses import pat_beta
+from .losscore import check_inputs
 
 # %% auto #0
 __all__ = ['mask_sizes', 'class_gradient_norms', 'scaling_exponent', 'inverted_softmax_beta', 'margin_to_prob',
            'pat_grad_amplification', 'pat_logit_grad']
-
-# %% ../nbs/03_theory.ipynb #199d97c9
-def _check_pair(logits: Tensor, target: Tensor, ignore_index: int = 255):
-    "Raise ValueError unless `logits` is [B, C, ...] float and `target` [B, ...] int64 with labels in [0, C) or `ignore_index`."
-    if not torch.is_floating_point(logits) or logits.ndim < 2:
-        raise ValueError(f"logits must be a float tensor [B, C, ...], got {logits.dtype} {tuple(logits.shape)}")
-    if target.dtype != torch.int64 or target.shape != logits.shape[:1] + logits.shape[2:]:
-        raise ValueError(f"target must be int64 of shape {tuple(logits.shape[:1] + logits.shape[2:])}, "
-                         f"got {target.dtype} {tuple(target.shape)}")
-    bad = (target != ignore_index) & ((target < 0) | (target >= logits.shape[1]))
-    if bad.any(): raise ValueError(f"target labels must lie in [0, {logits.shape[1]}) or equal ignore_index={ignore_index}")
 
 # %% ../nbs/03_theory.ipynb #a77a57dc
 def mask_sizes(target: Tensor, # int64 labels [B, H, W]
@@ -43,7 +33,7 @@ def class_gradient_norms(logits: Tensor, # [B, C, H, W]; a network's output (wit
                          ignore_index: int = 255, # label left out
                         ) -> Tensor: # float [C]: norm of the gradient of the loss restricted to each class's pixels
     "Norm of the gradient of `loss_fn` restricted to the pixels of each class, for every class."
-    _check_pair(logits, target, ignore_index)
+    check_inputs(logits, target, ignore_index)  # the losses' own check (02_losscore)
     if isinstance(wrt, str) and wrt not in ('bias', 'logits'):
         raise ValueError(f"wrt must be 'bias', 'logits' or an iterable of parameters, got {wrt!r}")
     x = logits.detach().requires_grad_()
@@ -112,7 +102,7 @@ def pat_logit_grad(logits: Tensor, # [B, C, H, W]
                    ignore_index: int = 255, # pixels with this label get zero gradient
                   ) -> Tensor: # [B, C, H, W]: d(-beta(p_y) log p_y)/d logits per pixel, before normalisation
     "Closed-form gradient of PAT's per-pixel loss with respect to the logits."
-    _check_pair(logits, target, ignore_index)
+    check_inputs(logits, target, ignore_index)  # the losses' own check (02_losscore)
     C, valid = logits.shape[1], (target != ignore_index).unsqueeze(1)
     y = torch.where(valid, target.unsqueeze(1), 0)
     logp = F.log_softmax(logits/tau, dim=1)
