@@ -113,7 +113,7 @@ def plot_examples(df:pd.DataFrame, data_key:str, methods:list|None=None, seed:in
         test = run_dataset(g.run_dir[methods[0]], 'test')
         items, names = [(denormalize(x), y) for x, y in (test[i] for i in idx)], list(test.class_names)
         first.setdefault('palette', getattr(test, 'palette', None))
-    pal = first.get('palette')
+    items, pal = items[:len(idx)], first.get('palette')
     pal = distinct_palette(len(names)) if pal is None else pal
     h, w = items[0][1].shape
     col = min(1.6 * w / h, 13 / (2 + len(methods)))  # inches per panel: at most 13 in wide in all, shown at display resolution
