@@ -131,7 +131,7 @@ class Trainer:
 # %% ../nbs/05_train.ipynb #b9a718b1
 def _root_problem(cfg:TrainConfig, e:Exception) -> str:
     "One line for a dataset folder that is missing or incomplete: what is wrong, what was expected, what to run."
-    check = "" if "pat-data check" in str(e) else f" (`pat-data check {cfg.dataset} {cfg.root}` lists every problem)"
+    check = "" if "pat-data check" in str(e) else f" (`pat-data check {cfg.dataset} --root {cfg.root}` lists every problem)"
     return (f"--root {cfg.root} is not a complete {cfg.dataset} copy: {e}{check}; "
             f"expected a {docments(LOADERS[cfg.dataset].__init__).get('root') or 'folder in its own layout'}")
 
