@@ -18,7 +18,8 @@ from .page import write_report_page
 
 # %% auto #0
 __all__ = ['STEPS', 'THEORY_FIGURES', 'NEEDS_IMAGES', 'BENCH_SHAPE', 'OUTPUTS', 'reproduce_parser', 'plan', 'PlanError',
-           'plan_refusal', 'check_plan', 'build_report', 'announce_estimate', 'StepOutcome', 'Terminated', 'main']
+           'plan_refusal', 'check_plan', 'build_report', 'announce_estimate', 'StepOutcome', 'Terminated',
+           'kernels_started_by', 'main']
 
 # %% ../nbs/08_reproduce.ipynb #d41899fc
 def _has_gpu() -> bool:
@@ -183,9 +184,9 @@ OUTPUTS = {'report': 'index.html (the report as one page), README.md, tables (cs
 class Terminated(BaseException):
     "SIGTERM reached `pat-reproduce` (a BaseException: no step's `except Exception` swallows it)."
 
-def _kernels_of_this_process() -> list[int]:
-    "The process ids of the Jupyter kernels this process started itself (theory and report steps), from `/proc` (Linux; else [])."
-    mine, found = str(os.getpid()), []
+def kernels_started_by(pid:int|None=None) -> list[int]:
+    "The process ids of the Jupyter kernels process `pid` (None: this one) started itself, from `/proc` (Linux; else [])."
+    mine, found = str(pid or os.getpid()), []
     for d in Path('/proc').glob('[0-9]*'):
         try:
             stat = (d / 'stat').read_text()
@@ -196,7 +197,7 @@ def _kernels_of_this_process() -> list[int]:
 def _stop_all():
     "End the runs and this process's own kernels, quietly: SIGTERM or Ctrl-C reached `pat-reproduce`."
     stop_runs()  # first: the batch's threads then see their runs end and start no other
-    for pid in _kernels_of_this_process():  # a kernel torn down mid-cell by papermill prints zmq tracebacks: end it first, quietly
+    for pid in kernels_started_by():  # a kernel torn down mid-cell by papermill prints zmq tracebacks: end it first, quietly
         try: os.kill(pid, signal.SIGKILL)
         except OSError: pass
     logging.disable(logging.CRITICAL)  # nor "Kernel died" / "Task exception was never retrieved" from the client: we are stopping

@@ -3,6 +3,7 @@ that says what was kept, no traceback; the runs step is tested in test_reproduce
 test_report_swap.py."""
 import os, signal, subprocess, sys, time
 import pytest
+from pat_nbdev.reproduce import kernels_started_by
 
 STEP_ONLY = {'theory': ['runs', 'bench', 'report'], 'bench': ['theory', 'runs', 'report']}
 
@@ -17,7 +18,10 @@ def test_a_signal_in_a_step_stops_with_its_code(tmp_path, step, sig, code):
     for line in p.stdout:  # wait until the step has started
         lines.append(line)
         if line.startswith(f'== {step}'): break
-    time.sleep(6); p.send_signal(sig)  # inside the step: its kernel started (a signal during a kernel start is another case)
+    if step == 'theory':  # inside the step, its kernel started and at work (a signal during a kernel start is another case)
+        deadline = time.monotonic() + 90
+        while not kernels_started_by(p.pid) and time.monotonic() < deadline: time.sleep(0.2)
+    time.sleep(3 if step == 'theory' else 6); p.send_signal(sig)
     out, err = p.communicate(timeout=120)
     assert p.returncode == code, ''.join(lines) + out + err
     assert 'Traceback' not in out + err and ('interrupted' in err or 'stopped by SIGTERM' in err), err[-2000:]
