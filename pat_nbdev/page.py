@@ -143,8 +143,8 @@ def write_report_page(out, report=None) -> Path:
 
 # %% ../nbs/07d_page.ipynb #a0000023
 PAGE_FILES = {  # the report notebook's `##` sections in order, and the files each shows (patterns; a table's .csv goes with its .md)
-    'The classes: head, body, tail and rare': ('classes_*.md',),
     'The answer: does PAT improve mIoU over cross-entropy?': ('fig_answer.png', 'answer.md'),
+    'The classes: head, body, tail and rare': ('classes_*.md',),
     "The paper's tables": ('table1.md', 'table2.md', 'table3.md'),
     'Every method, mean ± std over seeds': ('methods_*.md', 'seeds_*.md'),
     'PAT against each baseline, paired by seed': ('paired.md', 'paired_val.md', 'paired.csv', 'verdicts.md'),
