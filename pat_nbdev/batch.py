@@ -8,9 +8,9 @@ import json, os, queue, signal, subprocess, sys, threading, traceback
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from tqdm.auto import tqdm
-from .checkpoint import RunFolderError, read_config, write_json
+from .checkpoint import RunFolderError, read_config
 from .eta import TimeLeft
-from .experiments import KERNEL_ARGS, drop_truncated_notebook, execute_run, run_finished
+from .experiments import KERNEL_ARGS, drop_truncated_notebook, execute_run, run_finished, write_failures
 from .losses import LOSS_NAMES
 
 # %% auto #0
@@ -220,7 +220,5 @@ def run_batch(configs:list[dict], out_root, engine:str='papermill', slots:list[d
         finally:
             for p in procs.values(): p.close()
     bar.close()
-    try: write_json(failed, out_root / 'failures.json')
-    except OSError as e: print(f"could not write {out_root / 'failures.json'} ({e}); the failures were:", json.dumps(failed, indent=2),
-                               flush=True)
+    write_failures(failed, out_root)
     return dict(done=done, failed=failed)

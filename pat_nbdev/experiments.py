@@ -16,11 +16,12 @@ from .checkpoint import DiskFullError, RunFolderError, _disk_full, config_diff, 
 # %% auto #0
 __all__ = ['PACKAGE', 'REPO', 'PAPER_DIR', 'KERNEL_ARGS', 'COMMITTED_RUN_FILES', 'RESOLVED_BY_TRAINER', 'METRIC_COLUMNS',
            'METRIC_NAMES', 'VAL_COLUMNS', 'BREAKDOWN', 'notebook_path', 'execute_notebook', 'run_finished',
-           'run_recorded', 'run_folders', 'drop_truncated_notebook', 'portable_paths', 'execute_run', 'record_run',
-           'complete_records', 'code_version', 'config_mismatch', 'plan_status', 'set_aside_runs', 'read_history',
-           'collect_runs', 'results_table', 'provenance', 'time_breakdown', 'TABLE_MODELS', 'TABLE_LOSSES', 'TAUS',
-           'DEFAULT_TAU', 'STUDY_METHODS', 'CAMVID_CONVERGED', 'SWEEP_TAUS', 'PAT_NORMALIZERS', 'TAU_SWEEP',
-           'CONVERGED_BASELINES', 'PRESETS', 'Run', 'Preset', 'table_runs', 'study_runs', 'plan_runs', 'run_config']
+           'run_recorded', 'run_folders', 'write_failures', 'drop_truncated_notebook', 'portable_paths', 'execute_run',
+           'record_run', 'complete_records', 'code_version', 'config_mismatch', 'plan_status', 'set_aside_runs',
+           'read_history', 'collect_runs', 'results_table', 'provenance', 'time_breakdown', 'TABLE_MODELS',
+           'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS', 'CAMVID_CONVERGED', 'SWEEP_TAUS', 'PAT_NORMALIZERS',
+           'TAU_SWEEP', 'CONVERGED_BASELINES', 'PRESETS', 'Run', 'Preset', 'table_runs', 'study_runs', 'plan_runs',
+           'run_config']
 
 # %% ../nbs/07_experiments.ipynb #e8dda1f5
 _all_ = ['TABLE_MODELS', 'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS', 'CAMVID_CONVERGED', 'SWEEP_TAUS', 'PAT_NORMALIZERS',
@@ -66,6 +67,12 @@ def run_folders(runs_root, marker:str='metrics.json') -> list[Path]:
 
 COMMITTED_RUN_FILES = ('config.json', 'metrics.json', 'history.csv', 'examples.npz', 'per_image.npz',  # what a study keeps in git
                        'provenance.json')
+
+def write_failures(failed:dict, runs_root):
+    "A batch's `runs_root/failures.json` (run -> its error line), written atomically; where it cannot be, the failures are printed."
+    try: write_json(failed, Path(runs_root) / 'failures.json')
+    except OSError as e: print(f"could not write {Path(runs_root) / 'failures.json'} ({e}); the failures were:", json.dumps(failed, indent=2),
+                               flush=True)
 
 def drop_truncated_notebook(out) -> bool:
     "Delete run folder `out`'s executed `train_run.ipynb` if it does not parse (a full disk or a kill cut it short); whether it did."

@@ -11,7 +11,7 @@ from submitit.core.utils import FailedJobError, JobPaths, UncompletedJobError
 from submitit.helpers import Checkpointable
 from tqdm.auto import tqdm
 from .argtypes import positive_int, non_negative_int, key_value, add_deprecated
-from .experiments import execute_run, run_finished
+from .experiments import execute_run, run_finished, write_failures
 
 # %% auto #0
 __all__ = ['LONGER_TIME', 'RULE', 'ACTIVE', 'SQUEUE_FORMAT', 'LAUNCH_JOBS', 'LAUNCH_OPTIONS', 'LAUNCH_FLAGS', 'RunJob',
@@ -273,7 +273,7 @@ def _wait(running:list, queue:list, submit, kept:list, out:Path, poll_s:float) -
         print(f"\ninterrupted: {len(local)} local job(s) cancelled; Slurm jobs go on (see {out / 'slurm' / 'submitted.json'})", flush=True)
         raise
     finally: bar.close()
-    (out / 'runs' / 'failures.json').write_text(json.dumps(failed, indent=2))
+    write_failures(failed, out / 'runs')
     return dict(done=done, failed=failed)
 
 # %% ../nbs/07b_launch.ipynb #ac4a42e3
