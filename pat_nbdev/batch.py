@@ -8,9 +8,8 @@ import json, os, queue, signal, subprocess, sys, threading, traceback
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from tqdm.auto import tqdm
-from .checkpoint import RunFolderError, read_config
 from .eta import TimeLeft
-from .experiments import KERNEL_ARGS, drop_truncated_notebook, execute_run, run_finished, write_failures
+from .experiments import KERNEL_ARGS, drop_truncated_notebook, execute_run, run_finished, started_threads, threads_per_run, write_failures
 from .losses import LOSS_NAMES
 
 # %% auto #0
@@ -22,18 +21,13 @@ def job_slots(jobs:int=1, devices:list|None=None, runs_per_device:int=1, cores:i
     "The environment of each concurrent run: a device each (`devices`, `runs_per_device` runs on each), or a share of the `cores`."
     if devices:
         return [dict(CUDA_VISIBLE_DEVICES=str(d)) for d in devices for _ in range(runs_per_device)]
-    threads = max(1, (cores or os.cpu_count() or 1) // max(1, jobs))
+    threads = threads_per_run(jobs, cores)
     return [dict(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))] * max(1, jobs)
 
 # %% ../nbs/07f_batch.ipynb #b0000009
-def _started_threads(out) -> int|None:
-    "The thread count an interrupted run in folder `out` started with (its `config.json`), if it has a readable one."
-    try: return read_config(Path(out) / 'config.json').get('threads')
-    except (OSError, RunFolderError): return None  # none yet, or damaged: the plan's check names a damaged one
-
 def run_env(cfg:dict, slot:dict) -> tuple[dict, dict]:
     "The run config and environment of `cfg` in `slot`: the plan's thread count, else the one it started with, else the slot's share."
-    threads = cfg.get('threads') or _started_threads(cfg.get('out', ''))  # a run resumes at its own thread count (another --jobs)
+    threads = cfg.get('threads') or started_threads(cfg.get('out', ''))  # a run resumes at its own thread count (another --jobs)
     if threads: return {**cfg, 'threads': threads}, {**slot, 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
     if 'OMP_NUM_THREADS' in slot: return {**cfg, 'threads': int(slot['OMP_NUM_THREADS'])}, slot
     return cfg, slot

@@ -16,12 +16,12 @@ from .checkpoint import DiskFullError, RunFolderError, _disk_full, config_diff, 
 # %% auto #0
 __all__ = ['PACKAGE', 'REPO', 'PAPER_DIR', 'KERNEL_ARGS', 'COMMITTED_RUN_FILES', 'RESOLVED_BY_TRAINER', 'METRIC_COLUMNS',
            'METRIC_NAMES', 'VAL_COLUMNS', 'BREAKDOWN', 'notebook_path', 'execute_notebook', 'run_finished',
-           'run_recorded', 'run_folders', 'write_failures', 'drop_truncated_notebook', 'portable_paths', 'execute_run',
-           'record_run', 'complete_records', 'code_version', 'config_mismatch', 'plan_status', 'set_aside_runs',
-           'read_history', 'collect_runs', 'results_table', 'provenance', 'time_breakdown', 'TABLE_MODELS',
-           'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS', 'CAMVID_CONVERGED', 'SWEEP_TAUS', 'PAT_NORMALIZERS',
-           'TAU_SWEEP', 'CONVERGED_BASELINES', 'PRESETS', 'Run', 'Preset', 'table_runs', 'study_runs', 'plan_runs',
-           'run_config']
+           'run_recorded', 'run_folders', 'threads_per_run', 'started_threads', 'write_failures',
+           'drop_truncated_notebook', 'portable_paths', 'execute_run', 'record_run', 'complete_records', 'code_version',
+           'config_mismatch', 'plan_status', 'set_aside_runs', 'read_history', 'collect_runs', 'results_table',
+           'provenance', 'time_breakdown', 'TABLE_MODELS', 'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS',
+           'CAMVID_CONVERGED', 'SWEEP_TAUS', 'PAT_NORMALIZERS', 'TAU_SWEEP', 'CONVERGED_BASELINES', 'PRESETS', 'Run',
+           'Preset', 'table_runs', 'study_runs', 'plan_runs', 'run_config']
 
 # %% ../nbs/07_experiments.ipynb #e8dda1f5
 _all_ = ['TABLE_MODELS', 'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS', 'CAMVID_CONVERGED', 'SWEEP_TAUS', 'PAT_NORMALIZERS',
@@ -67,6 +67,15 @@ def run_folders(runs_root, marker:str='metrics.json') -> list[Path]:
 
 COMMITTED_RUN_FILES = ('config.json', 'metrics.json', 'history.csv', 'examples.npz', 'per_image.npz',  # what a study keeps in git
                        'provenance.json')
+
+def threads_per_run(jobs:int, cores:int|None=None) -> int:
+    "Torch threads for each of `jobs` runs at once on this machine's cores (or `cores`): an equal share, at least one."
+    return max(1, (cores or os.cpu_count() or 1) // max(1, jobs))
+
+def started_threads(out) -> int|None:
+    "The thread count an interrupted run in folder `out` started with (its `config.json`), if it has a readable one: it resumes at it."
+    try: return read_config(Path(out) / 'config.json').get('threads')
+    except (OSError, RunFolderError): return None  # none yet, or damaged: the plan's check names a damaged one
 
 def write_failures(failed:dict, runs_root):
     "A batch's `runs_root/failures.json` (run -> its error line), written atomically; where it cannot be, the failures are printed."

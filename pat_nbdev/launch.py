@@ -11,7 +11,7 @@ from submitit.core.utils import FailedJobError, JobPaths, UncompletedJobError
 from submitit.helpers import Checkpointable
 from tqdm.auto import tqdm
 from .argtypes import positive_int, non_negative_int, key_value, add_deprecated
-from .experiments import execute_run, run_finished, write_failures
+from .experiments import execute_run, run_finished, started_threads, threads_per_run, write_failures
 
 # %% auto #0
 __all__ = ['LONGER_TIME', 'RULE', 'ACTIVE', 'SQUEUE_FORMAT', 'LAUNCH_JOBS', 'LAUNCH_OPTIONS', 'LAUNCH_FLAGS', 'RunJob',
@@ -213,8 +213,8 @@ def launch_batch(configs:list[dict], out, executor:submitit.Executor, engine:str
     flying = {n: s for n, s in launch_status(out, write=False)['running'].items() if prev[n]['launcher'] == 'slurm'} if slurm else {}
     todo = [c for c in configs if not run_finished(c['out']) and _name(c, runs_root) not in flying]
     # torch threads per run, not from the runs left (a resumed run must get the same): Slurm's CPUs per task, or a share of the cores
-    threads = executor.parameters.get('cpus_per_task') if slurm else max(1, (os.cpu_count() or 1) // max(1, max_parallel))
-    if threads: todo = [c if c.get('threads') else {**c, 'threads': threads} for c in todo]
+    threads = executor.parameters.get('cpus_per_task') if slurm else threads_per_run(max_parallel)
+    if threads: todo = [c if c.get('threads') else {**c, 'threads': started_threads(c['out']) or threads} for c in todo]
     print(f"{len(configs)} runs: {len(kept)} finished and kept"
           + (f", {len(flying)} still queued or running in an earlier job" if flying else '')
           + f", {len(todo)} to submit ({launcher}, at most {max_parallel} at once; logs in {out / 'slurm'})", flush=True)
