@@ -154,6 +154,7 @@ def _slots(a:argparse.Namespace) -> list[dict]|None:
     in_process = a.engine == 'inprocess' and jobs == 1 and not a.devices  # else each run in its own process, its output in run.log
     return None if in_process else job_slots(jobs, a.devices, a.runs_per_device)
 
+# %% ../nbs/08_reproduce.ipynb #881722cc
 @dataclass(frozen=True)
 class StepOutcome:
     "How a step of `pat-reproduce` ended: `ok`, and the line that says so (its `str`)."
@@ -175,15 +176,18 @@ def _step(name, fn, log):
         else: log[name] = _failed(f"{type(e).__name__}: {e}"); traceback.print_exc()
     print(f"   {name}: {log[name]}", flush=True)
 
+# %% ../nbs/08_reproduce.ipynb #fb08af45
 BENCH_SHAPE = (4, 20, 128, 256)  # logits of the loss benchmark in pat-reproduce: Fig. 6's cost panel (pat-bench losses for the full size)
 OUTPUTS = {'report': 'index.html (the report as one page), README.md, tables (csv, md) and figures',
            'runs': 'one folder per run (metrics.json, history.csv, examples.npz, train_run.ipynb)',
            'notebooks': 'executed theory and report notebooks', 'bench': 'loss speed and memory',
            'cache': 'decoded images of the real datasets'}
 
+# %% ../nbs/08_reproduce.ipynb #88ad9774
 class Terminated(BaseException):
     "SIGTERM reached `pat-reproduce` (a BaseException: no step's `except Exception` swallows it)."
 
+# %% ../nbs/08_reproduce.ipynb #4944e6e8
 def kernels_started_by(pid:int|None=None) -> list[int]:
     "The process ids of the Jupyter kernels process `pid` (None: this one) started itself, from `/proc` (Linux; else [])."
     mine, found = str(pid or os.getpid()), []
@@ -194,6 +198,7 @@ def kernels_started_by(pid:int|None=None) -> list[int]:
         except (OSError, IndexError): pass
     return found
 
+# %% ../nbs/08_reproduce.ipynb #4715f580
 def _stop_all():
     "End the runs and this process's own kernels, quietly: SIGTERM or Ctrl-C reached `pat-reproduce`."
     stop_runs()  # first: the batch's threads then see their runs end and start no other
@@ -252,6 +257,7 @@ def main(argv=None):
         if previous_int is not None: signal.signal(signal.SIGINT, previous_int)
         logging.disable(logging.NOTSET)  # `_stop_all` silenced the dying kernels' clients: a caller in this process hears its logs again
 
+# %% ../nbs/08_reproduce.ipynb #00fa3d08
 def _steps(a, out:Path, configs:list[dict], launch:dict|None) -> int:
     "The steps of `main` under its lock on `out`: the plan checked, then theory, runs, benchmark and report; the exit code."
     from pat_nbdev.launch import launch_batch, launch_status
