@@ -57,11 +57,13 @@ class Preset:
     models: tuple = ('segnet',)  # the models of a study
     method_seeds: dict = field(default_factory=dict)  # methods run with fewer seeds than `seeds` (name -> seeds), to fit the budget
 
+# %% ../nbs/05d_plan.ipynb #97d7db58
 # the losses other than PAT: the fair comparison, each as its paper defines it
 STUDY_METHODS = {**{l: dict(loss=l, variant='original') for l in PAPER_LOSSES if l != 'pat'},
                  'pat': dict(loss='pat', normalize='mean'),  # PAT as the authors' code normalises
                  'pat-mask': dict(loss='pat', normalize='mask')}  # PAT as the paper's text normalises
 
+# %% ../nbs/05d_plan.ipynb #c1fcdb87
 # the converged CamVid regime, being searched (reports/camvid-converged): the 50-epoch study's recipe trained longer, with
 # channels-last memory (1.2x a step on a CPU), counts from the training split for every loss that uses them. Its epochs are
 # the search's choice; 100, the first candidate, is NOT converged (200 add +3.8 test mIoU): do not run the sweep on it yet
@@ -72,6 +74,8 @@ CAMVID_CONVERGED = dict(
 SWEEP_TAUS = (1.0, 0.5, 2.0, 0.25, 4.0)  # PAT's temperatures, in the order they run: the default first, then outwards
 PAT_NORMALIZERS = {'pat': 'mean', 'pat-mask': 'mask'}  # the authors' code, the paper's text
 TAU_SWEEP = {f'{name}-tau{t:g}': dict(loss='pat', normalize=norm, tau=t) for t in SWEEP_TAUS for name, norm in PAT_NORMALIZERS.items()}
+
+# %% ../nbs/05d_plan.ipynb #781ae2a0
 # the converged study's baselines, each as its paper defines it (with the preset's training-split counts): CB-Focal in Cui
 # et al.'s sigmoid form, LDAM on the cosine classifier its paper assumes; and SegNet's median-frequency weighted CE
 CONVERGED_BASELINES = {'ce': dict(loss='ce'), 'wce': dict(loss='wce'),
@@ -79,6 +83,7 @@ CONVERGED_BASELINES = {'ce': dict(loss='ce'), 'wce': dict(loss='wce'),
                        'cbfocal': dict(loss='cbfocal', variant='original', focal_form='sigmoid'),
                        'ldam': dict(loss='ldam', variant='original', model_kw=dict(head='cosine'))}
 
+# %% ../nbs/05d_plan.ipynb #1b4f121b
 _tiny_data = TINY_RUN['data_kw']
 PRESETS = {
     'cpu': Preset(  # sized by measurement to run Tables 1-3 (105 runs), the report, Fig. 3 and the benchmark in under 25 min on 2 cores
@@ -101,7 +106,11 @@ PRESETS = {
                   'synthetic20': dict(dataset='synthetic', data_kw=dict(n_classes=20, size=(256, 512)))},
         epochs=100, batch_size=8, model_kw=dict(preset='default'),
         description='SYNTHETIC long-tailed data at the paper\'s image sizes (256x256, 288x384, 256x512), paper-sized models, '
-                    'the paper\'s schedule: for a GPU without the real datasets; NOT the paper\'s result'),
+                    'the paper\'s schedule: for a GPU without the real datasets; NOT the paper\'s result')
+}
+
+# %% ../nbs/05d_plan.ipynb #cd0a2923
+PRESETS.update({
     'cpu-study': Preset(
         datasets={'camvid': dict(dataset='camvid', data_kw=dict(size=(120, 160)), train_kw=dict(crop=(72, 96))),
                   'synthetic20': dict(dataset='synthetic', data_kw=dict(n_classes=20, size=64), train_kw=dict(epochs=10))},
@@ -127,15 +136,19 @@ PRESETS = {
                     'from scratch, one thread per run, 180x240, random 120x160 crops with flips, batch 4, Adam 1e-3 cosine, '
                     '100 epochs (a candidate, not yet converged), channels-last; PAT normalised by the mean (authors) and by '
                     'the mask (paper), each with '
-                    'tau in {0.25, 0.5, 1, 2, 4}, seed 0: tau is chosen on validation mIoU, never on test'),
+                    'tau in {0.25, 0.5, 1, 2, 4}, seed 0: tau is chosen on validation mIoU, never on test')
+})
+
+# %% ../nbs/05d_plan.ipynb #627dbd3c
+PRESETS.update({
     'paper': Preset(
         datasets={'oxford_pet': dict(dataset='oxford_pet', data_kw={}),
                   'cityscapes': dict(dataset='cityscapes', data_kw={}),
                   'nyuv2': dict(dataset='nyuv2', data_kw={})},
         epochs=100, batch_size=8, model_kw=dict(preset='default'),
         description='REAL datasets, the paper\'s protocol: Adam 1e-3 with cosine annealing, '
-                    'split 0.8/0.1/0.1 (seed 0)'),
-}
+                    'split 0.8/0.1/0.1 (seed 0)')
+})
 
 # %% ../nbs/05d_plan.ipynb #d461782d
 def table_runs(table:int, data_keys, extra:dict|None=None) -> list[Run]:
@@ -146,6 +159,7 @@ def table_runs(table:int, data_keys, extra:dict|None=None) -> list[Run]:
     return runs + [Run(d, m, loss, method=name) for d in data_keys for m in TABLE_MODELS[table]
                    for name, loss in (extra or {}).items() if table != 3]
 
+# %% ../nbs/05d_plan.ipynb #7ca78cfd
 def study_runs(preset:Preset, data_keys, extra:dict|None=None) -> list[Run]:
     "One run per dataset, model and method of a study preset (seed 0), `extra` losses (name -> loss) among the methods."
     methods = {**preset.methods, **{name: dict(loss=loss) for name, loss in (extra or {}).items()}}
@@ -153,6 +167,7 @@ def study_runs(preset:Preset, data_keys, extra:dict|None=None) -> list[Run]:
                 model_kw=tuple(sorted(spec.get('model_kw', {}).items())))
             for d in data_keys for m in preset.models for name, spec in methods.items()]
 
+# %% ../nbs/05d_plan.ipynb #e85fe97e
 def plan_runs(tables, data_keys, seeds:int=1, preset:Preset|None=None, extra:dict|None=None) -> list[Run]:
     "Every run needed (each once: Table 3's default-tau runs are Tables 1-2's PAT runs), for seeds 0..`seeds`-1, seed-major."
     base = (study_runs(preset, data_keys, extra) if preset is not None and preset.methods
