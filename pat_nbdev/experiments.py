@@ -60,6 +60,7 @@ def run_recorded(out) -> bool:
     "Whether run folder `out` holds its record, `provenance.json`, the last file a finished run writes (`record_run`)."
     return (Path(out) / 'provenance.json').exists()
 
+# %% ../nbs/07_experiments.ipynb #20786323
 def run_folders(runs_root, marker:str='metrics.json') -> list[Path]:
     "The folders under `runs_root` (any depth) holding file `marker`, sorted; hidden ones left out (runs set aside by `--overwrite`)."
     root = Path(runs_root)
@@ -68,6 +69,7 @@ def run_folders(runs_root, marker:str='metrics.json') -> list[Path]:
 COMMITTED_RUN_FILES = ('config.json', 'metrics.json', 'history.csv', 'examples.npz', 'per_image.npz',  # what a study keeps in git
                        'provenance.json')
 
+# %% ../nbs/07_experiments.ipynb #3a6f84b0
 def threads_per_run(jobs:int, cores:int|None=None) -> int:
     "Torch threads for each of `jobs` runs at once on this machine's cores (or `cores`): an equal share, at least one."
     return max(1, (cores or os.cpu_count() or 1) // max(1, jobs))
@@ -83,6 +85,7 @@ def write_failures(failed:dict, runs_root):
     except OSError as e: print(f"could not write {Path(runs_root) / 'failures.json'} ({e}); the failures were:", json.dumps(failed, indent=2),
                                flush=True)
 
+# %% ../nbs/07_experiments.ipynb #f2c16779
 def drop_truncated_notebook(out) -> bool:
     "Delete run folder `out`'s executed `train_run.ipynb` if it does not parse (a full disk or a kill cut it short); whether it did."
     nb = Path(out) / 'train_run.ipynb'
@@ -98,6 +101,7 @@ def portable_paths(out):
     write_json({**cfg, **{k: rel(cfg.get(k)) for k in ('out', 'root', 'cache')}}, out / 'config.json')
     write_json({**m, 'data': {**m['data'], **{k: rel(m['data'].get(k)) for k in ('root', 'cache')}}}, out / 'metrics.json')
 
+# %% ../nbs/07_experiments.ipynb #58210512
 def execute_run(cfg:dict, engine:str='papermill', kernel=None) -> Path:
     "Train one run from its config dict (skipped when it has finished), with papermill in `kernel` if given; returns the run folder."
     cfg = json.loads(json.dumps(cfg))  # plain JSON values: papermill passes a tuple (a crop) as its repr string
@@ -116,6 +120,7 @@ def execute_run(cfg:dict, engine:str='papermill', kernel=None) -> Path:
     record_run(out, engine)
     return out
 
+# %% ../nbs/07_experiments.ipynb #1ab49f96
 def record_run(out, engine:str|None, late:bool=False):
     "What a run records once trained: `provenance.json` (code, host, device, threads) and its paths made relative to its folder `out`."
     out = Path(out)
