@@ -11,6 +11,7 @@ from submitit.core.utils import FailedJobError, JobPaths, UncompletedJobError
 from submitit.helpers import Checkpointable
 from tqdm.auto import tqdm
 from .argtypes import positive_int, non_negative_int, key_value, add_deprecated
+from .checkpoint import write_json
 from .experiments import execute_run, run_finished, started_threads, threads_per_run, write_failures
 
 # %% auto #0
@@ -36,6 +37,7 @@ def _cause(e:BaseException|None, kind:type) -> BaseException|None:
         if e is None or isinstance(e, kind): return e
         e = e.__cause__ or e.__context__
 
+# %% ../nbs/07b_launch.ipynb #8b8f6eb6
 def _on_slurm() -> bool: return os.environ.get('SUBMITIT_EXECUTOR') == 'slurm' and threading.current_thread() is threading.main_thread()
 
 def _rename_job(name:str):
@@ -45,6 +47,7 @@ def _rename_job(name:str):
     try: job and subprocess.run(['scontrol', 'update', f'JobId={job}', f'JobName={name}'], capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError): pass
 
+# %% ../nbs/07b_launch.ipynb #50d7c684
 LONGER_TIME = "give the runs a longer --slurm-time"  # what to do about a run stopped by its time limit
 
 class RunJob(Checkpointable):
@@ -71,6 +74,7 @@ class _OfflineSlurmExecutor(submitit.SlurmExecutor):
     @classmethod
     def affinity(cls) -> int: return 2
 
+# %% ../nbs/07b_launch.ipynb #6b30799e
 def _mem(gb:float) -> str: return f"{int(gb)}G" if gb == int(gb) else f"{round(gb * 1024)}M"
 
 def make_executor(launcher:str, folder, partition:str|None=None, gpus_per_run:int=1, time_min:int=240, cpus_per_run:int|None=None,
@@ -105,9 +109,11 @@ def _last_line(text:str|None, slurm:bool=False) -> str:
 
 RULE = '\n' + '-' * 22 + '\n'  # submitit frames a run's traceback between two lines of 22 dashes (papermill's own are longer)
 
+# %% ../nbs/07b_launch.ipynb #0aa00690
 def _state(job:submitit.Job) -> str: return str(job.state)  # Slurm's (sacct), e.g. 'OUT_OF_MEMORY', 'CANCELLED by 1234'
 def _word(job:submitit.Job) -> str: return (_state(job).split() or [''])[0].upper()
 
+# %% ../nbs/07b_launch.ipynb #aa78920c
 def job_error(job:submitit.Job) -> str|None:
     "Why finished `job` failed, in one line with its log file: the run's exception, or the state it ended in (None: it succeeded)."
     if job.paths.result_pickle.exists():
@@ -126,10 +132,12 @@ def job_error(job:submitit.Job) -> str|None:
 # Slurm: not over yet
 ACTIVE = ('PENDING', 'RUNNING', 'REQUEUED', 'REQUEUE_HOLD', 'REQUEUE_FED', 'CONFIGURING', 'COMPLETING', 'RESIZING', 'SUSPENDED')
 
+# %% ../nbs/07b_launch.ipynb #12f61aa0
 def _job(rec:dict, slurm_dir) -> submitit.Job:
     "The job of a `submitted.json` record, attached again from its id."
     return (submitit.SlurmJob if rec['launcher'] == 'slurm' else submitit.LocalJob)(folder=Path(slurm_dir) / '%j', job_id=rec['job_id'])
 
+# %% ../nbs/07b_launch.ipynb #08a1902c
 def _over(job:submitit.Job) -> bool:
     "Whether `job` has ended for good: not while Slurm holds it (a requeued job is not over); UNKNOWN to sacct: once it left a result."
     word = _word(job)
@@ -143,6 +151,7 @@ def _status(job:submitit.Job, run_out) -> tuple[str, str|None]:
     return 'failed', job_error(job) or (f"the job returned but {Path(run_out) / 'metrics.json'} is missing or invalid "
                                         f"(log: {job.paths.stderr})")
 
+# %% ../nbs/07b_launch.ipynb #111f3261
 def launch_status(out, write:bool=True) -> dict:
     "Where the runs recorded in `out/slurm/submitted.json` stand: dict(done, failed, running); `write`: also `out/runs/failures.json`."
     path, res = Path(out) / 'slurm' / 'submitted.json', dict(done=[], failed={}, running={})
@@ -153,8 +162,7 @@ def launch_status(out, write:bool=True) -> dict:
         status, why = _status(jobs[name], rec['out'])
         if status == 'done': res['done'].append(name)
         else: res[status][name] = why
-    if write: (Path(out) / 'runs').mkdir(parents=True, exist_ok=True); (Path(out) / 'runs' / 'failures.json').write_text(
-        json.dumps(res['failed'], indent=2))
+    if write: (Path(out) / 'runs').mkdir(parents=True, exist_ok=True); write_failures(res['failed'], Path(out) / 'runs')
     return res
 
 # %% ../nbs/07b_launch.ipynb #e279ee30
@@ -169,8 +177,9 @@ def _record(out:Path, launched:list, launcher:str, array:dict|None=None):
     sub['runs'].update({n: dict(job_id=j.job_id, launcher=launcher, out=str(Path(c['out']).resolve()), log=str(j.paths.stderr))
                         for n, c, j in launched})
     if array: sub['arrays'].append(array)
-    path.write_text(json.dumps(sub, indent=2))
+    write_json(sub, path)  # atomically: a kill while writing leaves the previous record
 
+# %% ../nbs/07b_launch.ipynb #1ed10ec7
 SQUEUE_FORMAT = '%.12i %.40j %.9T %.10M %R'  # job id, name (pat:<run> once running), state, time, node or why pending
 
 def _detached_message(array:dict, out:Path, report_cmd:str) -> str:
@@ -185,6 +194,7 @@ def _detached_message(array:dict, out:Path, report_cmd:str) -> str:
 class SubmissionRefused(RuntimeError):
     "sbatch refused the job array (a partition, GPU request, time limit or account the cluster does not accept): nothing was submitted."
 
+# %% ../nbs/07b_launch.ipynb #757710c5
 def _sbatch_reason(e:Exception) -> str:
     "sbatch's own reason in one line: its error lines, without their 'sbatch: error:' prefix."
     lines = [re.sub(r'^sbatch:\s*error:\s*', '', l.strip()) for l in str(e).splitlines()]
@@ -301,11 +311,13 @@ def add_launch_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help='run and submit nothing: build the report from the runs under --out and list those missing')
     return p
 
+# %% ../nbs/07b_launch.ipynb #c664cb6c
 LAUNCH_OPTIONS = ('--launcher', '--slurm-partition', '--slurm-gpus-per-run', '--slurm-time', '--slurm-requeues', '--slurm-cpus-per-run',
                   '--slurm-mem-gb', '--slurm-max-parallel', '--slurm-extra', '--jobs', '--devices', '--runs-per-device',
                   '--engine')  # options with a value
 LAUNCH_FLAGS = ('--detach', '--dry-run', '--report-only')
 
+# %% ../nbs/07b_launch.ipynb #c2964f2f
 def report_command(argv) -> str:
     "The `pat-reproduce` command building the report of the batch `argv` launches: the same options without the launching ones."
     keep, it = [], iter(argv)
@@ -315,6 +327,7 @@ def report_command(argv) -> str:
         elif opt not in LAUNCH_OPTIONS and opt not in LAUNCH_FLAGS: keep.append(x)
     return shlex.join(['pat-reproduce', *keep, '--report-only'])
 
+# %% ../nbs/07b_launch.ipynb #21280f40
 def launcher_from_args(a:argparse.Namespace, out, argv=None) -> dict|None:
     "`launch_batch`'s keyword arguments from parsed options (None: no --launcher, or --report-only); ValueError on a bad combination."
     if a.detach and a.launcher != 'slurm': raise ValueError('--detach needs --launcher slurm')
