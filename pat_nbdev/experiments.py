@@ -30,6 +30,8 @@ _all_ = ['TABLE_MODELS', 'TABLE_LOSSES', 'TAUS', 'DEFAULT_TAU', 'STUDY_METHODS',
 # %% ../nbs/07_experiments.ipynb #3d04d682
 PACKAGE = Path(__file__).resolve().parent if '__file__' in globals() else Path.cwd().parent / 'pat_nbdev'
 REPO = PACKAGE.parent  # the checkout, when the package is installed editable
+
+# %% ../nbs/07_experiments.ipynb #bc4862d9
 _SOURCES = {'train_run.ipynb': 'nbs/experiments', 'report.ipynb': 'nbs/experiments', '03_theory.ipynb': 'nbs'}
 
 def notebook_path(name:str) -> Path:
@@ -37,8 +39,10 @@ def notebook_path(name:str) -> Path:
     packaged = PACKAGE / 'notebooks' / name
     return packaged if packaged.exists() else REPO / _SOURCES[name] / name
 
+# %% ../nbs/07_experiments.ipynb #737dc31a
 PAPER_DIR = PACKAGE / 'paper' if (PACKAGE / 'paper').is_dir() else REPO / 'data' / 'paper'  # the paper's tables as CSV
 
+# %% ../nbs/07_experiments.ipynb #1fec70f0
 KERNEL_ARGS = ['--IPKernelApp.log_level=ERROR',  # the kernel's local-TCP warning is noise
                '--IPKernelApp.matplotlib=inline']  # figures in the outputs even under MPLBACKEND=Agg (as `make` sets it)
 
@@ -79,6 +83,7 @@ def started_threads(out) -> int|None:
     try: return read_config(Path(out) / 'config.json').get('threads')
     except (OSError, RunFolderError): return None  # none yet, or damaged: the plan's check names a damaged one
 
+# %% ../nbs/07_experiments.ipynb #b1fb8cc8
 def write_failures(failed:dict, runs_root):
     "A batch's `runs_root/failures.json` (run -> its error line), written atomically; where it cannot be, the failures are printed."
     try: write_json(failed, Path(runs_root) / 'failures.json')
@@ -152,6 +157,7 @@ def code_version() -> dict:
         except (OSError, subprocess.SubprocessError): pass
     return info
 
+# %% ../nbs/07_experiments.ipynb #d7bad3b2
 def config_mismatch(cfg:dict) -> list[str]:
     "`key: recorded -> planned` lines where the config recorded in `cfg['out']` differs from the planned `cfg`; [] if none is recorded."
     from pat_nbdev.train import TrainConfig, RUNTIME_FIELDS  # where and how it ran, not what it is; the dataset's folder neither
@@ -188,13 +194,17 @@ METRIC_COLUMNS = ('miou', 'pix_acc', 'dice_err', 'miou_head', 'miou_body', 'miou
 METRIC_NAMES = dict(miou='mIoU', pix_acc='pixel accuracy', dice_err='Dice error', miou_head='head mIoU', miou_body='body mIoU',
                     miou_tail='tail mIoU', miou_rare='rare-class mIoU')  # how tables, figures and sentences name each metric column
 METRIC_NAMES.update({f'val_{k}': f'validation {v}' for k, v in METRIC_NAMES.items()})
+
+# %% ../nbs/07_experiments.ipynb #ce9046b3
 VAL_COLUMNS = ('val_miou', 'val_miou_tail', 'val_miou_rare', 'val_pix_acc')  # the same on validation (the best checkpoint's)
 
+# %% ../nbs/07_experiments.ipynb #45320865
 def _mean_iou(iou_per_class, classes) -> float:
     "Mean IoU (%) over `classes` of a per-class IoU list (None or NaN: the class was absent); NaN if none is left."
     values = [iou_per_class[c] for c in classes if iou_per_class and iou_per_class[c] is not None and not math.isnan(iou_per_class[c])]
     return 100 * sum(values) / len(values) if values else math.nan
 
+# %% ../nbs/07_experiments.ipynb #f54b2937
 def _run_row(path:Path) -> dict:
     m = json.loads(path.read_text()); run, data = m['run'], m['data']
     folder = path.parent.name
@@ -215,6 +225,7 @@ def _run_row(path:Path) -> dict:
                 iou_per_class=m['test'].get('iou_per_class'), classes=m.get('classes'), class_pixel_counts=m.get('class_pixel_counts'),
                 class_image_counts=m.get('class_image_counts'))
 
+# %% ../nbs/07_experiments.ipynb #e74e63bb
 def read_history(run_dir) -> pd.DataFrame:
     "A run's `history.csv`; a `ValueError` naming the file when it is not the numeric per-epoch table pat-train writes."
     path = Path(run_dir) / 'history.csv'
