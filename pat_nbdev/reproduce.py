@@ -32,6 +32,7 @@ def _extra_loss(s:str) -> tuple:
     if ':' not in path: raise argparse.ArgumentTypeError(f"expected [NAME=]package.module:Class, got {s!r}")
     return name or path.rsplit(':', 1)[1].lower(), path
 
+# %% ../nbs/08_reproduce.ipynb #2e9ce140
 STEPS = ('theory', 'runs', 'bench', 'report')  # the command's steps, in the order it runs them
 
 def reproduce_parser() -> argparse.ArgumentParser:
@@ -86,6 +87,7 @@ def _listing(items, n:int=8) -> str:
 class PlanError(ValueError):
     "The plan cannot go ahead as asked: the message says why and what to do (one line, exit 2)."
 
+# %% ../nbs/08_reproduce.ipynb #03a360dd
 def plan_refusal(status:dict, runs_root:Path) -> str|None:
     "Why `pat-reproduce` refuses a plan whose `plan_status` is `status` (runs of other settings in its folder), or None."
     rel = lambda f: os.path.relpath(Path(f).resolve(), Path(runs_root).resolve())
@@ -114,6 +116,7 @@ def check_plan(configs:list[dict], out:Path, overwrite:bool=False) -> dict:
 THEORY_FIGURES = ('fig3', 'theory_')  # prefixes of the files the theory step writes into report/
 NEEDS_IMAGES = ('fig2_', 'fig45_')  # figures drawn from the dataset's images: a build without the data cannot redraw them
 
+# %% ../nbs/08_reproduce.ipynb #ff1be98c
 def build_report(out:Path, params:dict) -> list:
     "Build the report in a fresh folder and swap it in for `out/report` whole; the previous figures kept because they need images."
     final, fresh, old = out / 'report', out / '.report-new', out / '.report-old'
@@ -164,6 +167,7 @@ class StepOutcome:
 
 def _failed(text:str) -> StepOutcome: return StepOutcome(False, f"FAILED: {text}")
 
+# %% ../nbs/08_reproduce.ipynb #151dd849
 def _step(name, fn, log):
     t0 = time.perf_counter(); print(f"== {name}", flush=True)
     from pat_nbdev.launch import SubmissionRefused
@@ -207,6 +211,7 @@ def _stop_all():
         except OSError: pass
     logging.disable(logging.CRITICAL)  # nor "Kernel died" / "Task exception was never retrieved" from the client: we are stopping
 
+# %% ../nbs/08_reproduce.ipynb #c3948167
 def _on_sigterm(signum, frame):
     _stop_all(); raise Terminated()
 
