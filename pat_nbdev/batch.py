@@ -37,6 +37,7 @@ WARM_IMPORTS = 'import json, tempfile, pandas, matplotlib.pyplot, torch, pat_nbd
 
 KERNEL_STARTS = 3  # attempts: kernels started at the same moment may be given the same free port (below)
 
+# %% ../nbs/07f_batch.ipynb #63558aa0
 class SlotKernel:
     "A Jupyter kernel started once, its imports done, that executes notebooks one after another; `reset` clears what a run left."
     def __init__(self):
@@ -93,6 +94,7 @@ def _error_line(e:BaseException) -> str:
     if type(e).__name__ == 'PapermillExecutionError': return f"{e.ename}: {(str(e.evalue).strip().splitlines() or [''])[0]}"
     return f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
 
+# %% ../nbs/07f_batch.ipynb #a0a8fb78
 def _fresh(kernel:SlotKernel) -> SlotKernel:
     "A new kernel in place of `kernel` (shut down if it still lives)."
     if kernel.alive: kernel.shutdown()
@@ -121,6 +123,7 @@ def slot_worker(engine:str):
         answers.write(json.dumps(answer) + '\n')
     if kernel is not None and kernel.alive: kernel.shutdown()
 
+# %% ../nbs/07f_batch.ipynb #ba3386e9
 _LIVE, _STOP = set(), threading.Event()  # the run processes running now; set once the batch is told to stop
 _CHILD = ('import ctypes, os, signal, sys\n'
           'try: ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: end with the batch, however it ends (Linux)\n'
@@ -128,6 +131,7 @@ _CHILD = ('import ctypes, os, signal, sys\n'
           'if os.getppid() != int(sys.argv[2]): sys.exit(143)  # the batch ended before the line above\n'
           'from pat_nbdev.batch import slot_worker; slot_worker(sys.argv[1])')
 
+# %% ../nbs/07f_batch.ipynb #0cf4ea78
 class RunProcess:
     "The batch's end of one slot's run process: hand it a run, wait for its answer."
     def __init__(self, engine:str, env:dict, log:Path):
