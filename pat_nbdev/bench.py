@@ -40,6 +40,7 @@ def _step(fn, logits, target):
     fn(x, target).backward()
     return x.grad
 
+# %% ../nbs/06_bench.ipynb #04516084
 def peak_extra_bytes(fn, logits, target) -> int:
     "Peak bytes allocated above the starting level during one forward+backward (CPU: profiler events; CUDA: allocator stats)."
     if logits.is_cuda:
