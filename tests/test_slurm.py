@@ -227,8 +227,8 @@ def test_refused_submission_is_one_line(out):
 def test_second_reproduce_on_same_out_refuses(out):
     "Two pat-reproduce on one --out at once: the second refuses in one line and submits nothing."
     t0 = time.monotonic()
-    args = ['--preset', 'tiny', '--seeds', '1', '--epochs', '40', '--engine', 'inprocess', *SLURM, '--out', str(out),
-            '--skip', 'theory', 'bench', 'report']  # 40 epochs: the first holds --out for longer than the second takes to start
+    args = ['--preset', 'tiny', '--seeds', '1', '--epochs', '150', '--engine', 'inprocess', *SLURM, '--out', str(out),
+            '--skip', 'theory', 'bench', 'report']  # 150 epochs (about 45 s a run on a busy 2-core machine): the first holds --out well past the second's start
     p = start(*args)
     try:
         wait_for(lambda: (out / 'slurm' / 'submitted.json').exists() or p.poll() is not None, 300, 'the first submission')
