@@ -109,3 +109,11 @@ def test_study_page_as_a_reader_sees_it():
     assert alts and alts[0].startswith("Forest plot of the answer"), alts[:2]
     assert all(a and "No description" not in a for a in alts) and len(set(alts)) == len(alts), alts
     assert not re.search(r"^No Fig\.|nothing to show|bench_dir", seen["text"], re.M), "a section says it has nothing to show"
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: apt-get install -y --no-install-recommends chromium")
+def test_older_study_page_fits_and_describes_its_images():
+    "The cpu-study's page (a study made before forest plots; its page built from its files) at 1280 px: nothing wider, an alt text of its own on every image."
+    seen = browse(STUDY / "index.html")
+    alts = [i["alt"] for i in seen["images"]]
+    assert seen["scroll_width"] <= 1280, seen["scroll_width"]
+    assert alts and all(a and "No description" not in a for a in alts) and len(set(alts)) == len(alts), alts
