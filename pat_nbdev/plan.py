@@ -86,7 +86,7 @@ CONVERGED_BASELINES = {'ce': dict(loss='ce'), 'wce': dict(loss='wce'),
 # %% ../nbs/05d_plan.ipynb #1b4f121b
 _tiny_data = TINY_RUN['data_kw']
 PRESETS = {
-    'cpu': Preset(  # sized by measurement to run Tables 1-3 (105 runs), the report, Fig. 3 and the benchmark in under 25 min on 2 cores
+    'cpu': Preset(  # sized to run Tables 1-3 (105 runs), the report, Fig. 3 and the benchmark on a 2-core CPU (the measured time: 07_experiments)
         datasets={f'synthetic{c}': dict(dataset='synthetic', data_kw=dict(n_classes=c, size=48)) for c in (3, 14, 20)},
         epochs=2, batch_size=8, model_kw=dict(preset='small'), train_kw=dict(max_steps=25),
         description='SYNTHETIC long-tailed data (pat_nbdev.synthetic, seed 0; 3/14/20 classes standing in for '

@@ -13,7 +13,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    "A `pat-reproduce --preset tiny` output folder (4 runs, the report, its page), about 30 s on one thread."
+    "A `pat-reproduce --preset tiny` output folder (4 runs, the report, its page)."
     out = tmp_path_factory.mktemp("tiny") / "out"
     code = "import sys; from pat_nbdev.reproduce import main; sys.exit(main(sys.argv[1:]))"
     p = subprocess.run([sys.executable, "-c", code, "--preset", "tiny", "--engine", "inprocess", "--jobs", "1", "--skip", "theory", "bench",
