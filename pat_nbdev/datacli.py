@@ -4,7 +4,7 @@
 
 # %% ../nbs/00c_datacli.ipynb #908fbef1
 from __future__ import annotations
-import argparse, hashlib, os, shutil, socket, sys, tarfile, threading, urllib.parse, urllib.request
+import argparse, hashlib, http.client, os, shutil, socket, sys, tarfile, threading, urllib.parse, urllib.request
 from pathlib import Path
 from .argtypes import positive_int, describe, exit_status_epilog, warn_deprecated, INTERRUPTED
 from .conventions import SPLITS, check_choice
@@ -96,15 +96,18 @@ def fetch_release(url:str, root, manifest:dict, progress:bool=True) -> Path:
     "Download the `.tar.gz` at `url` (https or file), write the files `manifest` names under `root` (its top folder dropped), verify them."
     root = Path(root); root.mkdir(parents=True, exist_ok=True)
     part = root/'.release.tar.gz.part'  # a broken download leaves only this, replaced by the next attempt
-    with urllib.request.urlopen(url, timeout=60) as r, open(part, 'wb') as f, \
-         tqdm(total=int(r.headers.get('Content-Length') or 0) or None, unit='B', unit_scale=True, desc='download', disable=not progress) as bar:
-        while chunk := r.read(1 << 20): f.write(chunk); bar.update(len(chunk))
-    with tarfile.open(part) as tar:
-        for m in tar.getmembers():
-            rel = m.name.split('/', 1)[-1]
-            if not m.isfile() or rel not in manifest: continue
-            (root/rel).parent.mkdir(parents=True, exist_ok=True)
-            with tar.extractfile(m) as src, open(root/rel, 'wb') as dst: shutil.copyfileobj(src, dst)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(part, 'wb') as f, \
+             tqdm(total=int(r.headers.get('Content-Length') or 0) or None, unit='B', unit_scale=True, desc='download', disable=not progress) as bar:
+            while chunk := r.read(1 << 20): f.write(chunk); bar.update(len(chunk))
+        with tarfile.open(part) as tar:
+            for m in tar.getmembers():
+                rel = m.name.split('/', 1)[-1]
+                if not m.isfile() or rel not in manifest: continue
+                (root/rel).parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(m) as src, open(root/rel, 'wb') as dst: shutil.copyfileobj(src, dst)
+    except (tarfile.TarError, EOFError, http.client.HTTPException) as e:  # a cut connection, a page that is not the archive
+        raise RuntimeError(f"{url}: not a complete .tar.gz release ({type(e).__name__}: {e}); run the same command again") from None
     part.unlink()
     if problems := verify_copy(root, manifest):
         more = f" (and {len(problems) - 1} more of its {len(manifest)} files)" if len(problems) > 1 else ''
