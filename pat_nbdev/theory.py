@@ -33,7 +33,7 @@ def class_gradient_norms(logits: Tensor, # [B, C, H, W]; a network's output (wit
                          ignore_index: int = 255, # label left out
                         ) -> Tensor: # float [C]: norm of the gradient of the loss restricted to each class's pixels
     "Norm of the gradient of `loss_fn` restricted to the pixels of each class, for every class."
-    check_inputs(logits, target, ignore_index)  # the losses' own check (02_losscore)
+    check_inputs(logits, target, ignore_index); target = target.long()  # the losses' own check (02_losscore): any integer labels
     if isinstance(wrt, str) and wrt not in ('bias', 'logits'):
         raise ValueError(f"wrt must be 'bias', 'logits' or an iterable of parameters, got {wrt!r}")
     x = logits.detach().requires_grad_()
@@ -102,7 +102,7 @@ def pat_logit_grad(logits: Tensor, # [B, C, H, W]
                    ignore_index: int = 255, # pixels with this label get zero gradient
                   ) -> Tensor: # [B, C, H, W]: d(-beta(p_y) log p_y)/d logits per pixel, before normalisation
     "Closed-form gradient of PAT's per-pixel loss with respect to the logits."
-    check_inputs(logits, target, ignore_index)  # the losses' own check (02_losscore)
+    check_inputs(logits, target, ignore_index); target = target.long()  # the losses' own check (02_losscore): any integer labels
     C, valid = logits.shape[1], (target != ignore_index).unsqueeze(1)
     y = torch.where(valid, target.unsqueeze(1), 0)
     logp = F.log_softmax(logits/tau, dim=1)

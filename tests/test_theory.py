@@ -122,3 +122,11 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match='parameters'): class_gradient_norms(x, y, ce_sum, wrt=[torch.zeros(1)])
     with pytest.raises(ValueError, match='probability'): inverted_softmax_beta(torch.tensor(-0.1), 3)
     with pytest.raises(ValueError, match='tau'): margin_to_prob(torch.tensor(0.0), 3, tau=0.0)
+
+
+def test_any_integer_labels_as_the_losses_take_them():
+    "03_theory checks its inputs with the losses' check, which takes any integer labels: int32 gives what int64 gives."
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (2, 4, 4), generator=g)
+    for fn in (lambda t: class_gradient_norms(x, t, ce_sum), lambda t: pat_logit_grad(x, t)):
+        torch.testing.assert_close(fn(y.int()), fn(y))
