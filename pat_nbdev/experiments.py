@@ -5,7 +5,7 @@
 # %% ../nbs/07_experiments.ipynb #984f6d18
 from __future__ import annotations
 import json, math, os, platform, re, subprocess, time
-from dataclasses import dataclass, field, asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 import pandas as pd
 from .losses import LOSS_NAMES

@@ -6,7 +6,7 @@
 from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from .losses import LOSS_NAMES, PAPER_LOSSES
+from .losses import PAPER_LOSSES
 from .train import TINY_RUN
 
 # %% auto #0
